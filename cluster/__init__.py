@@ -1,0 +1,1 @@
+"""Cluster launch: SLURM sbatch rendering, hostfiles, multi-node launch helpers."""
