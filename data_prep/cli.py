@@ -1,0 +1,324 @@
+"""Command line: `python -m data_prep {tokenizer,pairs,text,inspect,verify,synth} ...` (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from common import exit_codes
+from common.errors import UserError
+
+log = logging.getLogger("data_prep")
+
+EPILOG = """\
+typical flow (what `scripts/demo_data.sh OUT` runs):
+  python -m data_prep synth --output OUT/raw
+  python -m data_prep tokenizer --input OUT/raw/text/train.jsonl OUT/raw/pairs --vocab-size 640 --output OUT/tokenizer
+  python -m data_prep pairs --input OUT/raw/pairs/train-*.tar --tokenizer OUT/tokenizer --image-size 32 --output OUT/shards/pairs-train --workers 2
+  python -m data_prep text --input OUT/raw/text/train.jsonl --tokenizer OUT/tokenizer --seq-len 128 --output OUT/shards/text-train
+  python -m data_prep verify OUT/shards/pairs-train OUT/shards/text-train
+  python -m data_prep inspect OUT/shards/pairs-train --images-out OUT/inspect
+
+exit codes: 0 ok, 1 verify found problems / unexpected error, 2 bad input or flags (nothing written),
+130 interrupted (no partial output left at --output).
+"""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so temporary output is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _paths(values: list[str]) -> list[Path]:
+    return [Path(v) for v in values]
+
+
+def _add_common_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output",
+        required=True,
+        help="shard folder to create (written to a temp folder, moved in when complete)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (default 1); output is identical for any value",
+    )
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.add_argument("--shard-size-limit", default="64mb", help="MDS shard size limit (default 64mb)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Offline data preparation for MetaLM: tokenizer, image-text and text MDS shards, checks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "tokenizer",
+        help="train a sentencepiece tokenizer with the fixed special ids",
+        description="Train a sentencepiece model from text files (.txt, .jsonl `text` field, "
+        ".jsonl.zst) and/or the captions of pair sources (tars or folders of them, COCO JSON, "
+        "CSV manifests). Writes DIR/tokenizer.model + DIR/tokenizer.json. Special ids: <pad>=0 "
+        "<s>=1 </s>=2 <unk>=3 <image>=4 </image>=5 </d>=6.",
+        epilog="example: python -m data_prep tokenizer --input corpus.jsonl.zst pairs/ "
+        "--vocab-size 64000 --output tok/",
+    )
+    p.add_argument("--input", nargs="+", required=True, help="text files and/or pair sources")
+    p.add_argument(
+        "--vocab-size", type=int, required=True, help="vocabulary size (a small corpus may give fewer)"
+    )
+    p.add_argument("--output", required=True, help="tokenizer folder")
+    p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="default unigram")
+    p.add_argument(
+        "--character-coverage", type=float, default=0.9995, help="sentencepiece character_coverage"
+    )
+    p.add_argument(
+        "--byte-fallback", action="store_true", help="unknown characters become byte tokens, not <unk>"
+    )
+    p.add_argument("--max-sentences", type=int, default=2_000_000, help="sample at most this many lines")
+    p.add_argument("--threads", type=int, default=1, help="sentencepiece trainer threads")
+    p.add_argument("--force", action="store_true", help="replace a different existing tokenizer")
+
+    p = sub.add_parser(
+        "pairs",
+        help="image-text sources -> MDS shards",
+        description="Decode, convert to RGB, resize the shorter side (bicubic), center-crop to "
+        "--image-size, re-encode JPEG; normalize and tokenize captions; write MDS shards "
+        "(columns image: bytes (a JPEG file), caption_ids: ndarray:int32, caption, key, source: "
+        "str) with sha1+xxh64 shard hashes and stats.json. Bad samples are skipped and "
+        "counted by reason in stats.json.",
+        epilog="examples:\n"
+        "  python -m data_prep pairs --input laion/00000.tar laion/00001.tar --tokenizer tok "
+        "--output shards/laion --workers 8\n"
+        "  python -m data_prep pairs --input annotations/captions_train2017.json --image-root "
+        "train2017 --coco-captions all --tokenizer tok --output shards/coco\n"
+        "  python -m data_prep pairs --input manifest.csv --tokenizer tok --output shards/mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="webdataset .tar files or folders of them, COCO captions .json, .jsonl/.csv/.tsv manifests",
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", "webdataset", "coco", "jsonl", "csv"],
+        default="auto",
+        help="input format (auto: by file type)",
+    )
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder from `data_prep tokenizer`")
+    p.add_argument("--image-size", type=int, default=224, help="output side in pixels (default 224)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default 95)")
+    p.add_argument("--max-caption-tokens", type=int, default=128, help="cut captions to this many tokens")
+    p.add_argument(
+        "--coco-captions",
+        choices=["all", "first"],
+        default="all",
+        help="COCO: one sample per caption (all) or per image with its first caption",
+    )
+    p.add_argument(
+        "--image-root",
+        help="folder that COCO file_name / manifest image paths are relative to "
+        "(default: the folder of the JSON/manifest)",
+    )
+    p.add_argument(
+        "--image-field",
+        help="manifest column with the image path (default: image|image_path|file_name|filename|path)",
+    )
+    p.add_argument("--caption-field", help="manifest column with the caption (default: caption|text)")
+    _add_common_output(p)
+
+    p = sub.add_parser(
+        "text",
+        help="text corpora -> packed token MDS shards",
+        description="Tokenize documents and pack them into --seq-len sequences with </d> after "
+        "each document; columns tokens (ndarray:int32, exactly seq-len) and doc_starts "
+        "(ndarray:int32, offsets where document segments start, always with 0). The last "
+        "partial sequence is dropped and counted in stats.json (dropped_tail_tokens).",
+        epilog="example: python -m data_prep text --input pile/00.jsonl.zst --tokenizer tok "
+        "--seq-len 2048 --output shards/pile --workers 8",
+    )
+    p.add_argument(
+        "--input", nargs="+", required=True, help=".jsonl (one JSON object per line), .jsonl.zst, .txt"
+    )
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder from `data_prep tokenizer`")
+    p.add_argument("--seq-len", type=int, required=True, help="tokens per packed sequence")
+    p.add_argument("--text-field", default="text", help="JSONL field with the document (default text)")
+    p.add_argument(
+        "--txt-docs",
+        choices=["file", "paragraph", "line"],
+        default="file",
+        help=".txt files: one document per file (default), per blank-line paragraph, or per line",
+    )
+    _add_common_output(p)
+
+    p = sub.add_parser(
+        "inspect",
+        help="counts, token statistics and decoded samples of a shard folder",
+        epilog="example: python -m data_prep inspect shards/coco --images-out /tmp/look",
+    )
+    p.add_argument("dir", help="shard folder")
+    p.add_argument(
+        "--tokenizer", help="tokenizer folder (default: the one recorded in stats.json, if present)"
+    )
+    p.add_argument("--samples", type=int, default=5, help="how many samples to decode (default 5)")
+    p.add_argument("--images-out", help="write the sample images here (default: DIR.inspect beside DIR)")
+
+    p = sub.add_parser(
+        "verify",
+        help="read every shard; check hashes, schema, every sample and stats.json",
+        description="Exit 0 if every shard folder is complete and intact; otherwise exit 1 "
+        "and name each bad shard.",
+        epilog="example: python -m data_prep verify shards/coco shards/pile",
+    )
+    p.add_argument("dir", nargs="+", help="shard folder(s)")
+
+    p = sub.add_parser(
+        "synth",
+        help="write a sample image-text + text dataset (seeded)",
+        description="Images of one filled shape on white; caption = '{size} {colour} {shape} "
+        "{row} {column}' (e.g. 'large red circle top left'), a function of the image. Writes "
+        "DIR/pairs/{train,val}-NNNNN.tar (img2dataset layout) and DIR/text/{train,val}.jsonl.",
+        epilog="example: python -m data_prep synth --output data/raw --num-images 3000",
+    )
+    p.add_argument("--output", required=True, help="folder to write into")
+    p.add_argument("--num-images", type=int, default=3000, help="train images (default 3000)")
+    p.add_argument("--num-val-images", type=int, default=300, help="held-out val images (default 300)")
+    p.add_argument("--image-size", type=int, default=64, help="side in pixels (default 64)")
+    p.add_argument("--num-docs", type=int, default=2000, help="train text documents (default 2000)")
+    p.add_argument("--num-val-docs", type=int, default=200, help="val text documents (default 200)")
+    p.add_argument("--per-tar", type=int, default=1000, help="samples per tar (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "tokenizer":
+        from data_prep.tokenizer import build_tokenizer
+
+        build_tokenizer(
+            _paths(args.input),
+            Path(args.output),
+            args.vocab_size,
+            args.model_type,
+            args.force,
+            args.character_coverage,
+            args.byte_fallback,
+            args.max_sentences,
+            args.threads,
+        )
+    elif args.command == "pairs":
+        from data_prep.pairs import PairsConfig, build_pairs
+
+        stats = build_pairs(
+            PairsConfig(
+                inputs=_paths(args.input),
+                tokenizer=Path(args.tokenizer),
+                output=Path(args.output),
+                format=args.format,
+                image_size=args.image_size,
+                jpeg_quality=args.jpeg_quality,
+                max_caption_tokens=args.max_caption_tokens,
+                workers=args.workers,
+                coco_captions=args.coco_captions,
+                image_root=Path(args.image_root) if args.image_root else None,
+                image_field=args.image_field,
+                caption_field=args.caption_field,
+                shard_size_limit=args.shard_size_limit,
+                force=args.force,
+                progress=not args.no_progress,
+            )
+        )
+        print(json.dumps({k: stats[k] for k in ("samples", "tokens", "skipped")}))
+    elif args.command == "text":
+        from data_prep.text import TextConfig, build_text
+
+        stats = build_text(
+            TextConfig(
+                inputs=_paths(args.input),
+                tokenizer=Path(args.tokenizer),
+                output=Path(args.output),
+                seq_len=args.seq_len,
+                workers=args.workers,
+                text_field=args.text_field,
+                txt_docs=args.txt_docs,
+                shard_size_limit=args.shard_size_limit,
+                force=args.force,
+                progress=not args.no_progress,
+            )
+        )
+        print(json.dumps({k: stats[k] for k in ("samples", "tokens", "documents", "skipped")}))
+    elif args.command == "inspect":
+        from data_prep.inspect_shards import inspect_shards
+        from data_prep.shard_meta import read_shard_meta
+
+        tokenizer = args.tokenizer
+        if tokenizer is None:
+            recorded = read_shard_meta(args.dir)["tokenizer"].get("path")
+            tokenizer = recorded if recorded and Path(recorded).is_dir() else None
+        images_out = args.images_out or f"{Path(args.dir).absolute()}.inspect"
+        print(inspect_shards(args.dir, tokenizer, args.samples, images_out))
+    elif args.command == "verify":
+        from data_prep.verify import verify_shards
+
+        bad = 0
+        for d in args.dir:
+            problems, summary = verify_shards(d)
+            if problems:
+                bad += 1
+                print(f"FAIL {d}:\n" + "\n".join(f"  - {p}" for p in problems))
+            else:
+                print(
+                    f"OK   {d}: {summary['kind']}, {summary['shards']} shard(s), {summary['samples']} samples, "
+                    f"{summary['tokens']} tokens, hashes and schema verified"
+                )
+        return exit_codes.FAILURE if bad else exit_codes.OK
+    elif args.command == "synth":
+        from data_prep.synth import synth
+
+        synth(
+            Path(args.output),
+            args.num_images,
+            args.num_val_images,
+            args.image_size,
+            args.num_docs,
+            args.num_val_docs,
+            args.seed,
+            args.per_tar,
+        )
+    return exit_codes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    except UserError as e:
+        log.error("%s", e)
+        return exit_codes.USER_ERROR
+    except KeyboardInterrupt:
+        log.error("interrupted; no partial output was left at the output path")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
