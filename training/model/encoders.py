@@ -1,0 +1,161 @@
+"""Non-causal encoders: the language encoder (text spans) and the ViT (images)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig
+from megatron.core.tensor_parallel import VocabParallelEmbedding
+from torch import nn
+
+from common.special_tokens import PAD_ID
+from training.model.config import TextEncoderConfig, VisionEncoderConfig
+from training.model.layers import (
+    TransformerStack,
+    layer_norm,
+    mark_init,
+    mark_tp,
+    normal_init,
+    replicated_linear,
+)
+
+log = logging.getLogger(__name__)
+
+
+def vocab_embedding(vocab: int, hidden: int, mp: ModelParallelConfig, tp_group) -> VocabParallelEmbedding:
+    emb = VocabParallelEmbedding(vocab, hidden, init_method=lambda t: None, config=mp, tp_group=tp_group)
+    mark_tp(emb.weight, 0)
+    mark_init(emb.weight, normal_init(hidden**-0.5))
+    return emb
+
+
+class LanguageEncoder(nn.Module):
+    """Bidirectional Transformer over `[<s>] + span` (learned positions); returns the span outputs."""
+
+    def __init__(
+        self,
+        cfg: TextEncoderConfig,
+        padded_vocab: int,
+        mp: ModelParallelConfig,
+        tp_group,
+        tp_size: int,
+        dropout: float,
+        attention_dropout: float,
+        std: float,
+        checkpointing: str,
+    ):
+        super().__init__()
+        self.max_len = cfg.max_len
+        self.dropout = dropout
+        self.embed_scale = math.sqrt(cfg.hidden_size)
+        self.embedding = vocab_embedding(padded_vocab, cfg.hidden_size, mp, tp_group)
+        self.positions = nn.Parameter(torch.empty(cfg.max_len, cfg.hidden_size))
+        mark_init(self.positions, normal_init(std))
+        self.stack = TransformerStack(
+            num_layers=cfg.num_layers,
+            hidden=cfg.hidden_size,
+            heads=cfg.num_heads,
+            ffn=cfg.ffn_hidden_size,
+            mp=mp,
+            tp_group=tp_group,
+            tp_size=tp_size,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            std=std,
+            norm_scheme=cfg.norm_scheme,
+            causal=False,
+            activation_checkpointing=checkpointing,
+        )
+
+    def forward(self, span_tokens: torch.Tensor) -> torch.Tensor:
+        """span_tokens [S, L] (<s> + span, <pad>-padded) -> [S, L-1, H] outputs at the span tokens."""
+        s, length = span_tokens.shape
+        if length > self.max_len:
+            raise ValueError(
+                f"text span input of length {length} exceeds the language encoder's max_len "
+                f"{self.max_len} (model.text_encoder.max_len): shorten the spans"
+            )
+        x = self.embedding(span_tokens) * self.embed_scale + self.positions[:length]
+        x = F.dropout(x, self.dropout if self.training else 0.0, self.training)
+        key_mask = span_tokens != PAD_ID
+        x = self.stack(x, key_mask)
+        return x[:, 1:]
+
+
+class VisionEncoder(nn.Module):
+    """ViT: patchify (linear on c*p*p pixels, = a stride-p conv), CLS, learned positions, LN, layers, LN."""
+
+    def __init__(
+        self,
+        cfg: VisionEncoderConfig,
+        mp: ModelParallelConfig,
+        tp_group,
+        tp_size: int,
+        dropout: float,
+        attention_dropout: float,
+        std: float,
+        checkpointing: str,
+    ):
+        super().__init__()
+        self.image_size = cfg.image_size
+        self.patch = cfg.patch_size
+        self.grid = cfg.image_size // cfg.patch_size
+        h = cfg.hidden_size
+        self.dropout = dropout
+        self.patch_embed = replicated_linear(3 * cfg.patch_size**2, h, std, bias=False)
+        self.cls = nn.Parameter(torch.empty(h))
+        self.positions = nn.Parameter(torch.empty(self.grid**2 + 1, h))
+        mark_init(self.cls, normal_init(std))
+        mark_init(self.positions, normal_init(std))
+        self.ln_pre = layer_norm(h)
+        self.stack = TransformerStack(
+            num_layers=cfg.num_layers,
+            hidden=h,
+            heads=cfg.num_heads,
+            ffn=cfg.ffn_hidden_size,
+            mp=mp,
+            tp_group=tp_group,
+            tp_size=tp_size,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            std=std,
+            norm_scheme="pre",
+            causal=False,
+            activation_checkpointing=checkpointing,
+        )
+        self.trainable_layers = cfg.trainable_layers
+        self.apply_freeze()
+
+    def apply_freeze(self) -> None:
+        """Freeze everything but the last `trainable_layers` layers and the final LN (-1: all train)."""
+        n = self.trainable_layers
+        if n < 0:
+            return
+        for p in self.parameters():
+            p.requires_grad_(False)
+        layers = self.stack.layers
+        for layer in list(layers)[len(layers) - n :] if n > 0 else []:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        if n > 0 and self.stack.final_ln is not None:
+            for p in self.stack.final_ln.parameters():
+                p.requires_grad_(True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] (normalized) -> [N, 1 + patches, H] (CLS first)."""
+        n, c, hh, ww = images.shape
+        if c != 3 or hh != self.image_size or ww != self.image_size:
+            raise ValueError(
+                f"images of shape {tuple(images.shape[1:])} given; the vision encoder expects "
+                f"(3, {self.image_size}, {self.image_size}) (model.vision_encoder.image_size)"
+            )
+        g, p = self.grid, self.patch
+        patches = images.reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(n, g * g, c * p * p)
+        x = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        x = torch.cat([self.cls.expand(n, 1, -1).to(x.dtype), x], dim=1) + self.positions
+        x = self.ln_pre(x)
+        x = F.dropout(x, self.dropout if self.training else 0.0, self.training)
+        return self.stack(x)

@@ -1,0 +1,295 @@
+"""MetaLM: a causal decoder fed by non-causal encoders through connectors (semi-causal LM, DESIGN.md 2).
+
+The decoder input at a text-span position is the language encoder's output for that token (through
+the text connector); at an image slot it is the vision encoder's output (through the image connector);
+elsewhere it is the token embedding. Sinusoidal positions are added everywhere, attention is causal
+over the whole sequence, and the loss is the next-token cross-entropy where `loss_mask` is 1
+(causal positions; the data pipeline sets it, see training/batch.py).
+
+Tensor parallelism: the decoder, both encoders and the resampler split heads / FFN across the TP
+group (megatron-core Column/RowParallelLinear); the token embeddings are vocab-parallel and the
+decoder's output layer is tied to its embedding (vocab-parallel logits + vocab-parallel CE). The TP
+group comes from the Topology passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, vocab_parallel_cross_entropy
+from torch import nn
+
+from common.errors import UserError
+from common.special_tokens import BOS_ID, PAD_ID
+from parallel.groups import Topology
+from training.batch import Batch
+from training.model.config import ModelConfig
+from training.model.connectors import LinearConnector, ResamplerConnector
+from training.model.encoders import LanguageEncoder, VisionEncoder, vocab_embedding
+from training.model.layers import KVCache, TransformerStack, megatron_config, sinusoidal_positions
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = {  # component -> top-level submodules (for parameter counts)
+    "decoder": ("embedding", "decoder"),
+    "text_encoder": ("text_encoder",),
+    "vision_encoder": ("vision_encoder",),
+    "connectors": ("text_connector", "image_connector"),
+}
+
+
+class MetaLM(nn.Module):
+    """The semi-causal MetaLM. `forward(batch)` returns the mean CE over `batch.loss_mask`."""
+
+    def __init__(self, cfg: ModelConfig, topology: Topology, params_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        problems = cfg.problems(topology.tp_size, topology.world_size)
+        if problems:
+            raise UserError(problems)
+        self.cfg = cfg
+        self.topology = topology
+        tp, group = topology.tp_size, topology.tp_group
+        mp = megatron_config(tp, params_dtype)
+        d, te, ve = cfg.decoder, cfg.text_encoder, cfg.vision_encoder
+        ckpt = cfg.activation_checkpointing
+        std = cfg.init_std
+        self.padded_vocab = cfg.padded_vocab_size()
+
+        self.embedding = vocab_embedding(self.padded_vocab, d.hidden_size, mp, group)
+        self.embed_scale = math.sqrt(d.hidden_size)
+        self.decoder = TransformerStack(
+            num_layers=d.num_layers,
+            hidden=d.hidden_size,
+            heads=d.num_heads,
+            ffn=d.ffn_hidden_size,
+            mp=mp,
+            tp_group=group,
+            tp_size=tp,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            std=std,
+            norm_scheme=d.norm_scheme,
+            causal=True,
+            activation_checkpointing=ckpt,
+        )
+        # tied output: logits shard = hidden @ embedding_shard.T (weight passed at call time)
+        self.output_layer = ColumnParallelLinear(
+            d.hidden_size,
+            self.padded_vocab,
+            config=mp,
+            init_method=lambda t: None,
+            bias=False,
+            gather_output=False,
+            skip_weight_param_allocation=True,
+            tp_group=group,
+        )
+        self.text_encoder = LanguageEncoder(
+            te, self.padded_vocab, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt
+        )
+        self.text_connector = LinearConnector(te.hidden_size, d.hidden_size, std)
+        self.vision_encoder = VisionEncoder(ve, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt)
+        if cfg.connector.kind == "resampler":
+            c = cfg.connector
+            self.image_connector = ResamplerConnector(
+                ve.hidden_size,
+                d.hidden_size,
+                c.num_latents,
+                c.resampler_layers,
+                c.resampler_heads,
+                mp,
+                group,
+                tp,
+                cfg.dropout,
+                cfg.attention_dropout,
+                std,
+            )
+        else:
+            self.image_connector = LinearConnector(ve.hidden_size, d.hidden_size, std)
+        # megatron resolves the group it actually uses (the global TP group when none is given)
+        self.tp_group = self.embedding.tp_group
+        self.tp_size = 1 if self.tp_group is None else self.tp_group.size()
+        self.tp_rank = 0 if self.tp_group is None else self.tp_group.rank()
+
+        if self.embedding.weight.device.type != "meta":
+            self.init_weights()
+            if params_dtype != torch.float32:
+                self.to(params_dtype)
+            if ve.weights_path:
+                from training.model.vision_weights import load_vision_weights
+
+                load_vision_weights(self, ve.weights_path)
+            self.to(topology.device)
+        counts = self.parameter_counts()
+        log.info(
+            "MetaLM %s parameters: %s",
+            cfg.preset,
+            ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()),
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    def full_shape(self, p: torch.Tensor) -> tuple[int, ...]:
+        """Shape of the whole (all TP ranks) tensor this parameter is a shard of."""
+        shape = list(p.shape)
+        if getattr(p, "tensor_model_parallel", False):
+            shape[p.partition_dim] *= self.tp_size
+        return tuple(shape)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialize every parameter from its full tensor drawn with a per-name seeded generator and keep
+        this rank's shard: the weights are identical for every TP size."""
+        for name, p in self.named_parameters():
+            init = getattr(p, "metalm_init", None)
+            if init is None:
+                raise RuntimeError(f"parameter {name} has no init rule")
+            g = torch.Generator().manual_seed(
+                (self.cfg.init_seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+            )
+            full = torch.empty(self.full_shape(p), dtype=torch.float32)
+            init(full, g)
+            p.copy_(self.shard(full, p).to(p.dtype))
+
+    def shard(self, full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """This TP rank's slice of a full tensor for parameter p."""
+        if not getattr(p, "tensor_model_parallel", False):
+            return full
+        return full.chunk(self.tp_size, dim=p.partition_dim)[self.tp_rank]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Full-model (all TP ranks) parameter counts by component, and the total."""
+        counts = {}
+        for comp, mods in COMPONENTS.items():
+            counts[comp] = sum(
+                math.prod(self.full_shape(p)) for m in mods for p in getattr(self, m).parameters()
+            )
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ------------------------------------------------------------------------------------------------
+    def _scatter(self, flat: torch.Tensor, values: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
+        """Out-of-place: flat[dest[i]] = values[i] for dest >= 0 (gradients flow to both)."""
+        dest = dest.reshape(-1)
+        values = values.reshape(-1, values.shape[-1])
+        keep = dest >= 0
+        if not bool(keep.all()):
+            dest, values = dest[keep], values[keep]
+        return flat.index_copy(0, dest, values.to(flat.dtype))
+
+    def encode_spans(self, span_tokens: torch.Tensor) -> torch.Tensor:
+        """[S, L] -> decoder-width vectors [S, L-1, H] for the span tokens."""
+        return self.text_connector(self.text_encoder(span_tokens))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> decoder-width image slots [N, K, H]."""
+        return self.image_connector(self.vision_encoder(images))
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Decoder input [B, T, H]: token embeddings with span / image positions replaced, plus positions.
+
+        Every encoder runs on every call; one without input in this batch runs on a dummy input whose
+        output is added with weight 0, so every rank produces gradients for the same parameters."""
+        b, t = batch.tokens.shape
+        if t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {t} exceeds model.decoder.max_seq_len={self.cfg.max_seq_len}")
+        h = self.embedding(batch.tokens) * self.embed_scale
+        flat = h.reshape(b * t, h.shape[-1])
+        zero = flat.new_zeros(())
+        dev = batch.tokens.device
+        if batch.span_tokens.shape[0] > 0:
+            flat = self._scatter(flat, self.encode_spans(batch.span_tokens), batch.span_dest)
+        else:
+            dummy = torch.tensor([[BOS_ID, PAD_ID]], dtype=torch.long, device=dev)
+            zero = zero + self.encode_spans(dummy).sum() * 0.0
+        if batch.images.shape[0] > 0:
+            slots = self.encode_images(batch.images)
+            if slots.shape[1] != batch.image_dest.shape[1]:
+                raise ValueError(
+                    f"batch has {batch.image_dest.shape[1]} slots per image; the model makes "
+                    f"{slots.shape[1]} (ModelConfig.image_slots)"
+                )
+            flat = self._scatter(flat, slots, batch.image_dest)
+        else:
+            s = self.cfg.image_size
+            dummy = torch.zeros(1, 3, s, s, device=dev, dtype=flat.dtype)
+            zero = zero + self.encode_images(dummy).sum() * 0.0
+        h = flat.view(b, t, -1) + zero
+        h = h + sinusoidal_positions(torch.arange(t, device=dev), h.shape[-1], h.dtype)
+        return F.dropout(h, self.cfg.dropout if self.training else 0.0, self.training)
+
+    def logits_shard(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocab-parallel logits [.., padded_vocab / tp] (tied to the embedding); padded ids masked."""
+        logits = self.output_layer(hidden, weight=self.embedding.weight)[0]
+        start = self.tp_rank * logits.shape[-1]
+        n_pad = start + logits.shape[-1] - self.cfg.vocab_size
+        if n_pad > 0:
+            valid = torch.arange(start, start + logits.shape[-1], device=logits.device) < self.cfg.vocab_size
+            logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+        return logits
+
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the real vocabulary [.., vocab_size], identical on every TP rank (generation; no grad)."""
+        logits = self.logits_shard(hidden)
+        if self.tp_size > 1:
+            # plain all_gather (megatron's gather allocates on torch.cuda.current_device()); no autograd
+            parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
+            torch.distributed.all_gather(parts, logits.detach().contiguous(), group=self.tp_group)
+            logits = torch.cat(parts, dim=-1)
+        return logits[..., : self.cfg.vocab_size]
+
+    def forward(self, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+        """Semi-causal LM loss. reduction: "mean" (scalar mean CE over loss_mask), "sum", or "none"
+        (per-token losses [B, T], zero where loss_mask is 0). Identical on the ranks of a TP group."""
+        h = self.decoder(self.embed(batch))
+        logits = self.logits_shard(h)
+        targets = torch.where(batch.loss_mask > 0, batch.targets, torch.zeros_like(batch.targets))
+        losses = vocab_parallel_cross_entropy(logits.float(), targets) * batch.loss_mask.float()
+        if reduction == "none":
+            return losses
+        if reduction == "sum":
+            return losses.sum()
+        if reduction == "mean":
+            return losses.sum() / batch.loss_mask.float().sum().clamp(min=1.0)
+        raise ValueError(f"reduction={reduction!r}: use 'mean', 'sum' or 'none'")
+
+    # ------------------------------------------------------------------------------------------------
+    def decode_step(self, embeds: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        """Run the decoder on input embeddings at positions start.. (with a KV cache); full logits."""
+        t = embeds.shape[1]
+        pos = torch.arange(start, start + t, device=embeds.device)
+        h = embeds + sinusoidal_positions(pos, embeds.shape[-1], embeds.dtype)
+        return self.full_logits(self.decoder(h, cache=cache))
+
+    def generate(
+        self,
+        images: torch.Tensor,
+        prompt_ids=None,
+        max_new_tokens: int = 32,
+        eos_id: int = 2,
+        use_cache: bool = True,
+        num_beams: int = 1,
+    ) -> list[list[int]]:
+        """Caption each image: `<s> <image> [K slots] </image> [prompt]` then greedy (or beam) decoding.
+
+        Returns the generated token ids per image (without the prompt and without the final eos)."""
+        from training.model.generation import generate
+
+        return generate(
+            self,
+            images,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new_tokens,
+            eos_id=eos_id,
+            use_cache=use_cache,
+            num_beams=num_beams,
+        )
+
+
+def count_parameters(cfg: ModelConfig) -> dict[str, int]:
+    """Parameter counts by component for `cfg`, built on the meta device (no weights allocated)."""
+    with torch.device("meta"):
+        model = MetaLM(cfg, Topology.single_process("meta"))
+    return model.parameter_counts()
