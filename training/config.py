@@ -1,0 +1,355 @@
+"""The training job's configuration: typed sections, YAML + dotted overrides, one validation pass.
+
+    cfg = load_config("configs/debug.yaml", ["train.steps=100", "parallel.tp=2"])
+    cfg.validate(world_size)          # every problem at once, as one UserError, before any process group
+
+Precedence: command line > file > dataclass defaults. Unknown keys are rejected by name (with the
+closest known key). The `model` section is a preset name plus overrides of any `ModelConfig` field;
+`model.vocab_size: auto` (or leaving it out) takes the tokenizer's vocabulary (the model pads its
+embedding to `model.pad_vocab_to_multiple_of`, which must divide by TP).
+Each component receives only its own section (`cfg.data`, `cfg.optim`, `cfg.checkpoint`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from common.errors import UserError
+from parallel.config import ParallelConfig
+from training import config_io
+from training.checkpoint import CheckpointConfig
+from training.model.config import ModelConfig, model_config_from_preset
+
+@dataclass
+class StreamConfig:
+    path: str = ""  # MDS shard directory written by `python -m data_prep pairs|text` (index.json + stats.json)
+    proportion: float | None = None  # share of training samples drawn from this stream (train streams; null = by size)
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = "data/tokenizer"  # tokenizer dir written by `python -m data_prep tokenizer`
+    train: list[StreamConfig] = field(default_factory=list)  # training streams (image-text and/or text shards)
+    val: list[StreamConfig] = field(default_factory=list)  # held-out streams for validation loss and captions
+    span_min_len: int = 64  # shortest non-causal text span (tokens)
+    span_max_len: int = 128  # longest non-causal text span (tokens; <= model span_max_len - 1)
+    span_fraction: float = 0.25  # share of a text sequence's tokens placed in non-causal spans
+    num_workers: int = 1  # DataLoader worker processes per rank (JPEG decode, span sampling, collation)
+    shuffle: bool = True  # shuffle training samples (streaming's deterministic, resumable shuffle)
+    shuffle_seed: int = 9176  # seed of the sample order and of span sampling
+    batching: Literal["random", "per_stream"] = "random"  # streaming batching_method (per_stream: one stream per batch)
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])  # RGB mean (CLIP)
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])  # RGB std (CLIP)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # peak learning rate (MetaLM VL pretraining: 1e-4)
+    min_lr_ratio: float = 0.0  # final lr as a fraction of the peak
+    warmup_steps: int = 2500  # linear warmup from 0 (optimizer steps)
+    decay: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup until train.steps
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on biases/norms)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.98  # AdamW beta2 (paper: 0.98)
+    eps: float = 1e-6  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clipping (0 = off)
+    fused: Literal["auto", "never"] = "auto"  # auto: DeepSpeed FusedAdam on GPU when it loads, torch AdamW otherwise
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # run folder: config.yaml, checkpoints/, logs/, mlflow store default
+    steps: int = 1000  # optimizer steps to train (total, including resumed ones)
+    global_batch_size: int = 8  # samples per optimizer step = micro_batch_size x grad accumulation x DP
+    micro_batch_size: int = 8  # samples per forward/backward on one rank
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fp32 on CPU (bf16 matmuls are >100x slower there)
+    zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (3 only with parallel.tp=1)
+    fp16_initial_scale_power: int = 16  # fp16 dynamic loss scale starts at 2**this
+    log_interval: int = 10  # steps between console progress lines and MLflow metric flushes
+    peak_tflops: float = 0.0  # peak dense TFLOP/s of one device in the chosen precision, for MFU (0 = no MFU)
+    watchdog_timeout_s: float = 0.0  # no completed step for this long -> dump stacks, exit 76 (0 = off)
+    max_bad_steps: int = 5  # consecutive non-finite steps before rollback / stop
+
+
+@dataclass
+class EvalConfig:
+    interval_steps: int = 500  # validation loss every N steps (0 = off; also run at the end)
+    batches: int = 8  # validation micro-batches per rank per evaluation
+    caption_interval_steps: int = 0  # log generated captions for held-out images every N steps (0 = only at the end)
+    caption_samples: int = 4  # held-out images captioned each time
+    caption_max_new_tokens: int = 24  # generation length limit
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True  # log to MLflow (global rank 0 only)
+    uri: str = ""  # MLflow tracking URI; empty = sqlite:///<parent of run_dir>/mlflow.db
+    experiment: str = "metalm"  # MLflow experiment name
+    run_name: str = ""  # MLflow run name; empty = name of run_dir
+
+
+@dataclass
+class TrainingConfig:
+    model: ModelConfig = field(default_factory=lambda: model_config_from_preset("debug"))  # preset + overrides
+    data: DataConfig = field(default_factory=DataConfig)  # streams, spans, loader
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW + schedule
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # TP size, backend, seed
+    train: TrainConfig = field(default_factory=TrainConfig)  # steps, batch sizes, precision, ZeRO
+    eval: EvalConfig = field(default_factory=EvalConfig)  # validation and caption samples
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # intervals, keep, resume
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
+
+    # ---- derived values -------------------------------------------------------------------
+    def dp_size(self, world_size: int) -> int:
+        return max(1, world_size // max(1, self.parallel.tp))
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        return max(1, self.train.global_batch_size // (self.train.micro_batch_size * self.dp_size(world_size)))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.run_dir)
+
+    def tracking_uri(self) -> str:
+        if self.tracking.uri:
+            return self.tracking.uri
+        return f"sqlite:///{(self.run_dir.resolve().parent / 'mlflow.db')}"
+
+    def to_dict(self) -> dict:
+        return config_io.to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Hash of the resolved config minus what may change across a resume (steps, intervals, resume)."""
+        d = self.to_dict()
+        for sec, key in [("train", "steps"), ("checkpoint", "resume"), ("train", "log_interval")]:
+            d.get(sec, {}).pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- validation -----------------------------------------------------------------------
+    def problems(self, world_size: int, check_data: bool = True) -> list[str]:
+        """Every problem with this config for a job of `world_size` processes (empty = fine)."""
+        p: list[str] = []
+        t, tp = self.train, self.parallel.tp
+        p += self.parallel.problems(world_size)
+        p += self.model.problems(tp, world_size)
+        p += self.checkpoint.problems()
+        dp = self.dp_size(world_size)
+        if t.steps < 1:
+            p.append(f"train.steps={t.steps} must be >= 1")
+        if t.micro_batch_size < 1:
+            p.append(f"train.micro_batch_size={t.micro_batch_size} must be >= 1")
+        elif t.global_batch_size % (t.micro_batch_size * dp) != 0:
+            p.append(
+                f"train.global_batch_size={t.global_batch_size} is not divisible by micro_batch_size x DP = "
+                f"{t.micro_batch_size} x {dp} (world {world_size} / tp {tp}); set global_batch_size to a multiple "
+                f"of {t.micro_batch_size * dp}, e.g. {t.micro_batch_size * dp * max(1, round(t.global_batch_size / (t.micro_batch_size * dp)))}"
+            )
+        if t.zero_stage not in (0, 1, 2, 3):
+            p.append(f"train.zero_stage={t.zero_stage} must be 0, 1, 2 or 3")
+        if t.zero_stage == 3 and tp > 1:
+            p.append(
+                f"train.zero_stage=3 with parallel.tp={tp}: DeepSpeed cannot train ZeRO-3 together with tensor "
+                "parallelism; use train.zero_stage=1 or 2 with TP, or parallel.tp=1 with ZeRO-3"
+            )
+        p += _precision_problems(t.precision)
+        o = self.optim
+        if o.lr <= 0:
+            p.append(f"optim.lr={o.lr} must be > 0")
+        if not 0 <= o.min_lr_ratio <= 1:
+            p.append(f"optim.min_lr_ratio={o.min_lr_ratio} must be within [0, 1]")
+        if o.warmup_steps < 0:
+            p.append(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+        d = self.data
+        if not 1 <= d.span_min_len <= d.span_max_len:
+            p.append(f"data.span_min_len={d.span_min_len} / span_max_len={d.span_max_len}: need 1 <= min <= max")
+        if d.span_max_len + 1 > self.model.span_max_len:
+            p.append(
+                f"data.span_max_len={d.span_max_len} does not fit the language encoder (model span_max_len="
+                f"{self.model.span_max_len} including <s>); set data.span_max_len <= {self.model.span_max_len - 1}"
+            )
+        if not 0 <= d.span_fraction < 1:
+            p.append(f"data.span_fraction={d.span_fraction} must be within [0, 1)")
+        if len(d.image_mean) != 3 or len(d.image_std) != 3 or min(d.image_std, default=1) <= 0:
+            p.append("data.image_mean / data.image_std need 3 values each (RGB), std > 0")
+        if d.num_workers < 0:
+            p.append(f"data.num_workers={d.num_workers} must be >= 0")
+        p += _proportion_problems(d.train)
+        if self.eval.caption_samples < 0 or self.eval.batches < 0:
+            p.append("eval.batches and eval.caption_samples must be >= 0")
+        if check_data:
+            p += data_problems(self)
+        return p
+
+    def validate(self, world_size: int, check_data: bool = True) -> None:
+        probs = self.problems(world_size, check_data)
+        if probs:
+            raise UserError(probs)
+
+
+def _precision_problems(precision: str) -> list[str]:
+    if precision == "fp32":
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            return ["train.precision=bf16: this GPU has no bf16; use train.precision=fp16 (loss scaling) or fp32"]
+        return []
+    from deepspeed.accelerator import get_accelerator
+
+    if precision == "fp16" and not get_accelerator().is_fp16_supported():
+        return [
+            "train.precision=fp16: this device refuses fp16 (DeepSpeed: no fp16 on CPU); use train.precision=fp32 "
+            "on CPU, or bf16 on a GPU"
+        ]
+    return []
+
+
+def _proportion_problems(streams: list[StreamConfig]) -> list[str]:
+    p = []
+    props = [s.proportion for s in streams]
+    given = [x for x in props if x is not None]
+    if any(x <= 0 for x in given):
+        p.append(f"data.train proportions must be > 0 (got {props}); drop a stream instead of giving it 0")
+    if given and len(given) != len(props):
+        p.append(f"data.train: give a proportion for every stream or for none (got {props})")
+    elif given and all(x > 0 for x in given) and not math.isclose(sum(given), 1.0, abs_tol=1e-3):
+        p.append(f"data.train proportions sum to {sum(given):.4g}, not 1 (got {props}); make them sum to 1")
+    return p
+
+
+def data_problems(cfg: TrainingConfig) -> list[str]:
+    """Shard dirs exist and agree with each other, the tokenizer and the model (vocab, sha, image size)."""
+    from data_prep.shard_meta import read_shard_meta
+    from data_prep.tokenizer import load_tokenizer
+
+    p: list[str] = []
+    d, m = cfg.data, cfg.model
+    if not d.train:
+        p.append("data.train lists no streams; add at least one shard dir (e.g. data.train: [{path: DIR}])")
+    tok = None
+    try:
+        tok = load_tokenizer(d.tokenizer)
+    except UserError as e:
+        p.append(f"data.tokenizer: {e}")
+    if tok is not None and tok.vocab_size > m.vocab_size:
+        p.append(
+            f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}, "
+            f"{d.tokenizer}); set model.vocab_size=auto"
+        )
+    for name, streams in (("train", d.train), ("val", d.val)):
+        for i, s in enumerate(streams):
+            where = f"data.{name}.{i}.path={s.path!r}"
+            try:
+                meta = read_shard_meta(s.path)
+            except UserError as e:
+                p.append(f"{where}: {e}")
+                continue
+            kind = meta.get("kind")
+            tmeta = meta.get("tokenizer", {})
+            if tok is not None and tmeta.get("sha256") and tmeta.get("sha256") != tok.sha256:
+                p.append(
+                    f"{where} was built with a different tokenizer (sha256 {str(tmeta.get('sha256'))[:12]}... vs "
+                    f"{tok.sha256[:12]}... of {d.tokenizer}); rebuild the shards with this tokenizer or point "
+                    "data.tokenizer at the one they were built with"
+                )
+            elif tok is not None and tmeta.get("vocab_size") not in (None, tok.vocab_size):
+                p.append(f"{where}: shard vocab_size {tmeta.get('vocab_size')} != tokenizer's {tok.vocab_size}")
+            if kind == "pairs" and meta.get("image_size") not in (None, m.image_size):
+                p.append(
+                    f"{where} holds {meta.get('image_size')} px images but the model expects {m.image_size} px; "
+                    f"rebuild the shards with --image-size {m.image_size} or set the model's image size"
+                )
+            elif kind == "pairs":
+                # <s> <image> [K] </image> + caption + </s> must fit
+                if m.image_slots + 4 >= m.max_seq_len:
+                    p.append(f"model.max_seq_len={m.max_seq_len} cannot hold an image ({m.image_slots} slots) and a caption")
+            elif kind == "text":
+                if meta.get("seq_len", 0) - 1 > m.max_seq_len:
+                    p.append(
+                        f"{where} has seq_len {meta.get('seq_len')} but model max_seq_len is {m.max_seq_len}; rebuild "
+                        f"the text shards with --seq-len {m.max_seq_len + 1} or less"
+                    )
+            elif kind not in ("pairs", "text"):
+                p.append(f"{where}: stats.json kind={kind!r} is neither 'pairs' nor 'text'")
+    return p
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+def _resolve_model(raw: Any, problems: list[str], tp: int, tokenizer_dir: str | None) -> ModelConfig:
+    raw = dict(raw or {})
+    preset = raw.pop("preset", "debug")
+    vocab = raw.pop("vocab_size", None)
+    try:
+        base = model_config_from_preset(str(preset))
+    except (KeyError, ValueError, UserError) as e:
+        problems.append(f"model.preset={preset!r}: {e}")
+        base = model_config_from_preset("debug")
+    from training.model import config as model_config_module
+
+    aliases = getattr(model_config_module, "ALIASES", {})
+    expanded: dict = {}
+    for k, v in raw.items():  # shorthands like max_seq_len -> decoder.max_seq_len
+        parts = aliases.get(k, k).split(".")
+        config_io.set_dotted(expanded, parts, v) if len(parts) > 1 else expanded.__setitem__(k, v)
+    base = config_io.build(base, config_io.deep_merge({}, expanded), "model", problems)
+    if vocab in (None, "auto"):
+        # absent: follow the tokenizer when it can be read (else keep the preset's; data checks report it)
+        v = _tokenizer_vocab(tokenizer_dir, problems if vocab == "auto" else [])
+        if v:
+            base = dataclasses.replace(base, vocab_size=v)
+    elif isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
+        base = dataclasses.replace(base, vocab_size=vocab)
+    else:
+        problems.append(f"model.vocab_size: expected a positive integer or 'auto', got {vocab!r}")
+    return base
+
+
+def _tokenizer_vocab(tokenizer_dir: str | None, problems: list[str]) -> int | None:
+    if not tokenizer_dir:
+        return None
+    meta = Path(tokenizer_dir) / "tokenizer.json"
+    try:
+        return int(json.loads(meta.read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        problems.append(
+            f"model.vocab_size=auto needs the tokenizer's vocabulary, but {meta} is missing or unreadable; build "
+            "it with `python -m data_prep tokenizer ...` or set data.tokenizer"
+        )
+        return None
+
+
+def config_from_dict(raw: dict) -> TrainingConfig:
+    """Build and type-check a TrainingConfig from a nested dict (file merged with overrides)."""
+    problems: list[str] = []
+    raw = dict(raw or {})
+    names = [f.name for f in dataclasses.fields(TrainingConfig)]
+    for k in list(raw):
+        if k not in names:
+            problems.append(config_io.unknown_key_problem(str(k), "", names))
+            raw.pop(k)
+    rest = config_io.build(TrainingConfig(), {k: v for k, v in raw.items() if k != "model"}, "", problems)
+    tok_dir = rest.data.tokenizer if isinstance((raw.get("data") or {}), dict) else None
+    model = _resolve_model(raw.get("model"), problems, rest.parallel.tp, tok_dir)
+    if problems:
+        raise UserError(problems)
+    return dataclasses.replace(rest, model=model)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainingConfig:
+    """YAML file (optional) + dotted overrides -> TrainingConfig (types checked; run `validate` next)."""
+    raw = config_io.load_yaml(path) if path else {}
+    over = config_io.parse_overrides(list(overrides or []))
+    return config_from_dict(config_io.deep_merge(raw, over))
