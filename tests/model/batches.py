@@ -79,3 +79,12 @@ def make_batch(cfg, kind: str = "mixed", seq_len: int = 48, seed: int = 0, batch
         images=images_t,
         image_dest=image_dest_t,
     )
+
+
+def numpy_dict(d: dict) -> dict:
+    """Tensors -> numpy arrays (results crossing the fork boundary: torch tensors would go by shared memory)."""
+    return {k: v.detach().cpu().numpy() for k, v in d.items()}
+
+
+def tensor_dict(d: dict) -> dict:
+    return {k: torch.from_numpy(v) for k, v in d.items()}

@@ -255,6 +255,11 @@ class MetaLM(nn.Module):
             return losses.sum() / batch.loss_mask.float().sum().clamp(min=1.0)
         raise ValueError(f"reduction={reduction!r}: use 'mean', 'sum' or 'none'")
 
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Full-vocabulary logits [B, T, vocab_size] for a batch (inspection and tests; no grad)."""
+        return self.full_logits(self.decoder(self.embed(batch)))
+
     # ------------------------------------------------------------------------------------------------
     def decode_step(self, embeds: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
         """Run the decoder on input embeddings at positions start.. (with a KV cache); full logits."""
