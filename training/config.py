@@ -134,7 +134,7 @@ class TrainingConfig:
         d = self.to_dict()
         for sec, key in [("train", "steps"), ("checkpoint", "resume"), ("train", "log_interval")]:
             d.get(sec, {}).pop(key, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(_canonical(d), sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- validation -----------------------------------------------------------------------
     def problems(self, world_size: int, check_data: bool = True) -> list[str]:
@@ -195,6 +195,17 @@ class TrainingConfig:
         probs = self.problems(world_size, check_data)
         if probs:
             raise UserError(probs)
+
+
+def _canonical(x: Any) -> Any:
+    """10 and 10.0 hash alike (a default int and a YAML-read float of the same value)."""
+    if isinstance(x, dict):
+        return {k: _canonical(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_canonical(v) for v in x]
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
 
 
 def _precision_problems(precision: str) -> list[str]:
@@ -306,8 +317,8 @@ def _resolve_model(raw: Any, problems: list[str], tp: int, tokenizer_dir: str | 
         config_io.set_dotted(expanded, parts, v) if len(parts) > 1 else expanded.__setitem__(k, v)
     base = config_io.build(base, config_io.deep_merge({}, expanded), "model", problems)
     if vocab in (None, "auto"):
-        # absent: follow the tokenizer when it can be read (else keep the preset's; data checks report it)
-        v = _tokenizer_vocab(tokenizer_dir, problems if vocab == "auto" else [])
+        # follow the tokenizer when it can be read; else keep the preset's (validation reports the tokenizer)
+        v = _tokenizer_vocab(tokenizer_dir)
         if v:
             base = dataclasses.replace(base, vocab_size=v)
     elif isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
@@ -317,17 +328,12 @@ def _resolve_model(raw: Any, problems: list[str], tp: int, tokenizer_dir: str | 
     return base
 
 
-def _tokenizer_vocab(tokenizer_dir: str | None, problems: list[str]) -> int | None:
+def _tokenizer_vocab(tokenizer_dir: str | None) -> int | None:
     if not tokenizer_dir:
         return None
-    meta = Path(tokenizer_dir) / "tokenizer.json"
     try:
-        return int(json.loads(meta.read_text())["vocab_size"])
+        return int(json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError):
-        problems.append(
-            f"model.vocab_size=auto needs the tokenizer's vocabulary, but {meta} is missing or unreadable; build "
-            "it with `python -m data_prep tokenizer ...` or set data.tokenizer"
-        )
         return None
 
 

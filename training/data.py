@@ -26,6 +26,21 @@ from training.batch import Batch
 log = logging.getLogger(__name__)
 
 
+class _ExpectedStreamingNotices(logging.Filter):
+    """Drop streaming notices that repeat every epoch and do not apply here: we do account for
+    `replication` (StreamingDataLoader.state_dict divides by it), and per_stream batching drops
+    incomplete batches by design."""
+
+    MESSAGES = ("`replication` arg has been set", "Because of the `per_stream` batching method")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(m in record.getMessage() for m in self.MESSAGES)
+
+
+for _name in ("streaming.base.dataset", "streaming.base.batching.per_stream"):
+    logging.getLogger(_name).addFilter(_ExpectedStreamingNotices())
+
+
 @dataclass(frozen=True)
 class RowSpec:
     """What the loader workers need to turn a shard sample into a row (picklable)."""

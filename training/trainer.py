@@ -9,6 +9,7 @@ boundaries: progress line + metrics, validation, caption samples, checkpoint, pr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -288,6 +289,9 @@ class Trainer:
         resumed_id = self.tracker.run_id
         self.tracker.run_id = None
         run_id = self.tracker.start(resumed_id, config_io.flatten(self.cfg.to_dict()), tags)
+        if run_id:  # where to find the run (printed by scripts/demo.sh)
+            info = {"tracking_uri": self.tracker.uri, "experiment": self.cfg.tracking.experiment, "run_id": run_id}
+            (self.run_dir / "mlflow_run.json").write_text(json.dumps(info, indent=1) + "\n")
         if run_id and resumed_id != run_id:
             for name in ("config.yaml", "ds_config.json"):
                 if (self.run_dir / name).is_file():

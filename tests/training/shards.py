@@ -1,4 +1,9 @@
-"""Tiny MDS shard sets following DESIGN.md 4, written directly with streaming.MDSWriter (test fixtures)."""
+"""A tiny but real dataset for training tests: a sentencepiece tokenizer and MDS shards (DESIGN.md 4).
+
+Written directly with streaming.MDSWriter (fast, no CLI): image-text pairs whose caption is determined
+by the image (solid colour -> colour word), packed text sequences with document starts, and the
+stats.json files the training config validation reads.
+"""
 
 from __future__ import annotations
 
@@ -12,41 +17,81 @@ from streaming import MDSWriter
 
 from common.special_tokens import END_DOC_ID
 
-COLORS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 255, 0)]
+COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230), "yellow": (240, 240, 20)}
+SIZES = ["small", "large"]
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "far", "away", "home", "tree", "sky"]
 
 
-def write_pairs(out: Path, n: int, image_size: int = 32, vocab: int = 64, seed: int = 0, sha: str = "test") -> Path:
-    """n image-caption pairs: caption ids are determined by the image colour (ids 10+c, 20+c)."""
+def write_tokenizer(out: Path) -> object:
+    from data_prep.tokenizer import train_tokenizer_model, write_tokenizer as write
+
+    rng = np.random.default_rng(0)
+    texts = [f"a {s} {c} square" for c in COLOURS for s in SIZES] * 20
+    texts += [" ".join(rng.choice(WORDS, size=8)) for _ in range(200)]
+    return write(train_tokenizer_model(texts, vocab_size=64), out, "unigram")
+
+
+def write_pairs(out: Path, tok, n: int, image_size: int = 32, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     cols = {"image": "bytes", "caption_ids": "ndarray:int32", "caption": "str", "key": "str", "source": "str"}
+    names = list(COLOURS)
     with MDSWriter(out=str(out), columns=cols, size_limit=1 << 16) as w:
         for i in range(n):
-            c = int(rng.integers(len(COLORS)))
-            img = Image.new("RGB", (image_size, image_size), COLORS[c])
+            c, s = names[int(rng.integers(len(names)))], SIZES[int(rng.integers(2))]
+            img = Image.new("RGB", (image_size, image_size), (250, 250, 250))
+            half = image_size // 4 if s == "small" else 2
+            img.paste(COLOURS[c], (half, half, image_size - half, image_size - half))
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=90)
-            ids = np.array([10 + c, 20 + c, 30 + int(rng.integers(3))], dtype=np.int32)
-            w.write({"image": buf.getvalue(), "caption_ids": ids, "caption": f"colour {c}", "key": f"{i:06d}",
-                     "source": "test"})
-    stats = {"kind": "pairs", "tokenizer": {"vocab_size": vocab, "sha256": sha}, "image_size": image_size,
-             "samples": n, "tokens": 3 * n, "images": n, "skipped": {}}
-    (out / "stats.json").write_text(json.dumps(stats))
+            caption = f"a {s} {c} square"
+            w.write({"image": buf.getvalue(), "caption_ids": np.array(tok.encode(caption), dtype=np.int32),
+                     "caption": caption, "key": f"{seed}{i:06d}", "source": "test"})
+    _stats(out, "pairs", tok, n, image_size=image_size)
     return out
 
 
-def write_text(out: Path, n: int, seq_len: int = 64, vocab: int = 64, seed: int = 0, sha: str = "test") -> Path:
-    """n packed text samples of seq_len tokens with a few documents each."""
+def write_text(out: Path, tok, n: int, seq_len: int = 64, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     with MDSWriter(out=str(out), columns={"tokens": "ndarray:int32", "doc_starts": "ndarray:int32"},
                    size_limit=1 << 16) as w:
         for _ in range(n):
-            toks = rng.integers(7, vocab, size=seq_len).astype(np.int32)
-            starts = np.sort(rng.choice(np.arange(1, seq_len), size=2, replace=False)).astype(np.int32)
-            toks[starts - 1] = END_DOC_ID
-            w.write({"tokens": toks, "doc_starts": np.concatenate([[0], starts]).astype(np.int32)})
-    stats = {"kind": "text", "tokenizer": {"vocab_size": vocab, "sha256": sha}, "seq_len": seq_len,
-             "samples": n, "tokens": n * seq_len, "images": 0, "skipped": {}}
-    (out / "stats.json").write_text(json.dumps(stats))
+            toks, starts = [], []
+            while len(toks) < seq_len:
+                starts.append(len(toks))
+                toks += tok.encode(" ".join(rng.choice(WORDS, size=int(rng.integers(5, 20))))) + [END_DOC_ID]
+            w.write({"tokens": np.array(toks[:seq_len], dtype=np.int32), "doc_starts": np.array(starts, dtype=np.int32)})
+    _stats(out, "text", tok, n, seq_len=seq_len)
     return out
+
+
+def _stats(out: Path, kind: str, tok, n: int, **extra) -> None:
+    stats = {"kind": kind, "tokenizer": {"vocab_size": tok.vocab_size, "sha256": tok.sha256}, "samples": n,
+             "skipped": {}, **extra}
+    (out / "stats.json").write_text(json.dumps(stats))
+
+
+def make_dataset(root: Path, pairs: int = 256, texts: int = 64) -> Path:
+    """root/{tokenizer, pairs-train, pairs-val, text-train, text-val}; returns root."""
+    tok = write_tokenizer(root / "tokenizer")
+    write_pairs(root / "pairs-train", tok, pairs, seed=1)
+    write_pairs(root / "pairs-val", tok, 64, seed=2)
+    write_text(root / "text-train", tok, texts, seed=3)
+    write_text(root / "text-val", tok, 16, seed=4)
+    return root
+
+
+def config_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
+    """Overrides for configs/debug.yaml that point it at a make_dataset() folder and a tmp run dir."""
+    ov = {
+        "data.tokenizer": root / "tokenizer", "data.train.0.path": root / "pairs-train",
+        "data.train.1.path": root / "text-train", "data.val.0.path": root / "pairs-val",
+        "data.val.1.path": root / "text-val", "data.num_workers": 0, "train.run_dir": run_dir,
+        "tracking.uri": f"sqlite:///{run_dir.parent / 'mlflow.db'}", "train.log_interval": 1,
+        "train.global_batch_size": 8, "train.micro_batch_size": 8, "eval.batches": 2, "eval.interval_steps": 0,
+        "eval.caption_samples": 2, "eval.caption_max_new_tokens": 6, "optim.warmup_steps": 2,
+        "data.span_min_len": 4, "data.span_max_len": 12, "train.peak_tflops": 0.15,
+    }
+    ov.update(extra)
+    return [f"{k}={v}" for k, v in ov.items()]
