@@ -47,6 +47,8 @@ CKPT_PREFIX = "step_"
 CKPT_RE = re.compile(r"^step_(\d{8,})$")
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
+UNIVERSAL_CHECKPOINT_INFO = "universal_checkpoint_info"  # deepspeed.checkpoint.constants key
+CONFIG = "config.yaml"  # copied from RUN_DIR/config.yaml (the trainer's resolved config)
 
 
 class CheckpointSaveError(RuntimeError):
@@ -247,6 +249,15 @@ class _RecordingCheckpointEngine:
         return getattr(self.inner, name)
 
 
+def _write_hashed(path: Path, data: bytes) -> dict[str, Any]:
+    with open(path, "wb") as f:
+        w = manifest.HashingWriter(f)
+        w.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"size": w.size, "hash": w.hexdigest()}
+
+
 def _install_recorder(engine) -> _RecordingCheckpointEngine:
     ce = engine.checkpoint_engine
     if not isinstance(ce, _RecordingCheckpointEngine):
@@ -269,6 +280,54 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
         return []
     dirs = [p for p in ckpt_root.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(dirs, key=step_of, reverse=True)
+
+
+def saved_zero_dp_size(ckpt_dir: Path) -> int | None:
+    """DP size a ZeRO-1/2 checkpoint was saved with (its optimizer shards of TP rank 0), None without ZeRO shards."""
+    n = len(list(ckpt_dir.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    return n or None
+
+
+def universal_checkpoint_info(module: torch.nn.Module) -> dict[str, Any]:
+    """How DeepSpeed's universal-checkpoint converter merges TP slices, from the Megatron parameter attributes.
+
+    Replicated parameters (no `tensor_model_parallel`) are taken from TP rank 0, row-parallel ones
+    (`partition_dim` 1) are concatenated along dim 1, the rest along dim 0 (column / vocab parallel).
+    Used to re-partition ZeRO optimizer state across DP sizes (the TP size stays the same).
+    """
+    from deepspeed.checkpoint import constants as C
+
+    replicated, row = [], []
+    for name, p in module.named_parameters():
+        if not getattr(p, "tensor_model_parallel", False):
+            replicated.append(f"^{re.escape(name)}$")
+        elif getattr(p, "partition_dim", 0) == 1:
+            row.append(f"^{re.escape(name)}$")
+    return {
+        C.UNIVERSAL_CHECKPOINT_VERSION_KEY: C.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+        C.TP_REPLICATED_PARAMETER_PATTERNS: replicated,
+        C.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: row,
+    }
+
+
+def convert_to_universal(ckpt_dir: Path, out_dir: Path) -> None:
+    """Run DeepSpeed's ds_to_universal on one checkpoint folder (in this process, no worker pool)."""
+    import argparse
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    args = argparse.Namespace(
+        input_folder=str(ckpt_dir),
+        output_folder=str(out_dir),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    ds_to_universal(args)
 
 
 def model_signature(module: torch.nn.Module) -> dict[str, list[int]]:
@@ -334,7 +393,8 @@ class CheckpointManager:
 
         recorder = _install_recorder(engine)
         recorder.reset(step)
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={}, save_latest=False)
+        client_state = {UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info(engine.module)}
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
 
         rng_states = _gather(capture_rng_state())
         error = recorder.error
@@ -345,18 +405,16 @@ class CheckpointManager:
             state["world_size"] = _world()
             state["model_signature"] = model_signature(engine.module)
             state["saved_at"] = time.time()
-            try:
-                with open(path / TRAINER_STATE, "wb") as f:
-                    w = manifest.HashingWriter(f)
-                    w.write(json.dumps(state, indent=1).encode())
-                    f.flush()
-                    os.fsync(f.fileno())
-                recorder.records[os.path.abspath(path / TRAINER_STATE)] = {
-                    "size": w.size,
-                    "hash": w.hexdigest(),
-                }
-            except Exception as e:  # noqa: BLE001
-                error = f"rank 0: writing {path / TRAINER_STATE}: {e}"
+            files = {TRAINER_STATE: json.dumps(state, indent=1).encode()}
+            run_config = self.run_dir / CONFIG
+            if run_config.is_file():  # the resolved config travels with the checkpoint (export, audits)
+                files[CONFIG] = run_config.read_bytes()
+            for name, data in files.items():
+                try:
+                    recorder.records[os.path.abspath(path / name)] = _write_hashed(path / name, data)
+                except Exception as e:  # noqa: BLE001
+                    error = f"rank 0: writing {path / name}: {e}"
+                    break
         errors = [e for e in _gather(error) if e]
         records = _gather(recorder.records) if not errors else []
         fault_injection.ckpt_crash(step, "after_shards")
@@ -477,11 +535,16 @@ class CheckpointManager:
         t0 = time.monotonic()
         state = json.loads((path / TRAINER_STATE).read_text())
         self._check_compatible(path, state, engine, expect or {})
-        load_path, _ = engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+        saved_dp = saved_zero_dp_size(path)
+        now_dp = getattr(engine, "seq_dp_world_size", None) or getattr(engine, "dp_world_size", 1)
+        if saved_dp and saved_dp != now_dp:
+            self._load_universal(engine, path, saved_dp, now_dp)
+        else:
+            load_path, _ = engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
         rngs = state.pop("rng", None)
         if rngs is not None and len(rngs) == _world():
             restore_rng_state(rngs[_rank()])
@@ -498,8 +561,55 @@ class CheckpointManager:
         logger.info("resumed from %s (step %s) in %.2fs", path, state.get("step"), time.monotonic() - t0)
         return state
 
+    def _load_universal(self, engine, path: Path, saved_dp: int, now_dp: int) -> None:
+        """COLLECTIVE. Resume at another DP size with the optimizer state: DeepSpeed universal checkpoint.
+
+        Rank 0 converts the checkpoint (ds_to_universal) into RUN_DIR/checkpoints/.universal/<name>;
+        every rank loads its new ZeRO partition from there; the converted copy is then deleted.
+        """
+        out = self.root / ".universal" / path.name
+        error = None
+        if _rank() == 0:
+            logger.warning(
+                "checkpoint %s was saved at DP=%d, this job has DP=%d: converting it to a DeepSpeed "
+                "universal checkpoint to re-partition the optimizer state",
+                path.name,
+                saved_dp,
+                now_dp,
+            )
+            try:
+                convert_to_universal(path, out)
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                error = f"converting {path} to a universal checkpoint failed: {e}"
+        error = _broadcast(error)
+        if error:
+            raise RuntimeError(error)
+        cfg = engine._config
+        before = cfg.load_universal_checkpoint
+        cfg.load_universal_checkpoint = True
+        try:
+            load_path, _ = engine.load_checkpoint(
+                str(out.parent), tag=out.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        finally:
+            cfg.load_universal_checkpoint = before
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {out}")
+        _barrier()
+        if _rank() == 0:
+            shutil.rmtree(out.parent, ignore_errors=True)
+
     def _check_compatible(self, path: Path, state: dict, engine, expect: dict[str, Any]) -> None:
         problems = []
+        saved_tp = (state.get("parallel") or {}).get("tp")
+        now_tp = getattr(self.topology, "tp_size", None)
+        if saved_tp is not None and now_tp is not None and saved_tp != now_tp:
+            raise UserError(
+                f"checkpoint {path} was saved with parallel.tp={saved_tp}, this run has parallel.tp={now_tp}. "
+                "Resume it with the same TP size (the DP size may differ), or export it with "
+                "`python -m training.export` and start with checkpoint.load_weights_from=FILE "
+                "(weights only; the optimizer restarts)."
+            )
         saved_sig = state.get("model_signature")
         if saved_sig is not None:
             now = model_signature(engine.module)

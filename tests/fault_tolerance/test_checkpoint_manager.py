@@ -206,3 +206,45 @@ def test_config_problems_named():
     for key in ("interval_steps", "keep_last", "checkpoint.resume", "load_weights_from"):
         assert key in text
     assert CheckpointConfig().problems() == []
+
+
+def _full_optimizer_state(eng) -> dict:
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    return {
+        n: [safe_get_full_fp32_param(p).numpy().copy()]
+        + [safe_get_full_optimizer_state(p, k).numpy().copy() for k in ("exp_avg", "exp_avg_sq")]
+        for n, p in eng.module.named_parameters()
+    }
+
+
+def _save_dp(rank, world, run_dir, zero_stage):
+    init_gloo(rank, world)
+    eng = make_engine(zero_stage)
+    train_steps(eng, 3)
+    CheckpointManager(CheckpointConfig(), Path(run_dir)).save(eng, 3, {"step": 3})
+    return _full_optimizer_state(eng), eng.lr_scheduler.get_last_lr()
+
+
+def _resume_dp(rank, world, run_dir, zero_stage):
+    init_gloo(rank, world)
+    eng = make_engine(zero_stage, seed=9)
+    state = CheckpointManager(CheckpointConfig(), Path(run_dir)).resume(eng)
+    full, lr, global_steps = _full_optimizer_state(eng), eng.lr_scheduler.get_last_lr(), eng.global_steps
+    losses = train_steps(eng, 1)
+    return full, lr, global_steps, state["step"], losses
+
+
+@pytest.mark.parametrize("zero_stage", [2])
+def test_resume_at_another_dp_size_keeps_optimizer_state(tmp_path, zero_stage):
+    import numpy as np
+
+    saved, lr = run_ranks(2, _save_dp, str(tmp_path), zero_stage)[0]  # DP=2
+    full, lr2, global_steps, step, losses = run_ranks(1, _resume_dp, str(tmp_path), zero_stage)[0]  # DP=1
+    assert step == 3 and global_steps == 3 and lr2 == lr
+    for name, (w, m, v) in saved.items():
+        np.testing.assert_array_equal(full[name][0], w, err_msg=name)
+        np.testing.assert_array_equal(full[name][1], m, err_msg=name)
+        np.testing.assert_array_equal(full[name][2], v, err_msg=name)
+    assert all(np.isfinite(losses))
+    assert not (tmp_path / "checkpoints" / ".universal").exists()  # the converted copy is removed
