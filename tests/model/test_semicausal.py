@@ -72,7 +72,7 @@ def _run(rank, world):
             b.tokens[0, j] = 499
             out["causal"][j] = changed_positions(b)
         # a span token (encoder input) changes the whole span (bidirectional) and what follows, nothing before
-        for i, (s, e) in enumerate(SPANS):
+        for i in range(len(SPANS)):
             b = hand_batch(x)
             b.span_tokens[i, 2] = 499  # the span's last token
             out[f"span{i}"] = changed_positions(b)
