@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc", type=int, default=None, help="processes (default: number of visible GPUs, or 1 on CPU)"
     )
     p.add_argument(
+        "--nnodes", type=int, default=1, help="nodes of the job; > 1 makes this one node of a multi-node run"
+    )
+    p.add_argument(
+        "--node-rank", type=int, default=0, help="this node's rank (0 .. nnodes-1) when --nnodes > 1"
+    )
+    p.add_argument(
+        "--rdzv-endpoint",
+        default="",
+        help="HOST:PORT of the c10d rendezvous, the same on every node (needed when --nnodes > 1)",
+    )
+    p.add_argument(
+        "--rdzv-id", default="metalm", help="rendezvous id, the same on every node (default metalm)"
+    )
+    p.add_argument(
         "--shutdown-timeout",
         type=int,
         default=600,
@@ -302,20 +316,42 @@ def _visible_gpus() -> int:
 def mode_local(args) -> int:
     job = TrainingJob(args.config, args.overrides, module=args.module)
     nproc = args.nproc if args.nproc is not None else max(1, _visible_gpus())
+    problems = []
     if nproc < 1:
-        raise UserError(f"--nproc {nproc}: need at least 1 process")
-    cfg = check_training_config(job, nproc, check_data=not args.skip_data_check)
+        problems.append(f"--nproc {nproc}: need at least 1 process")
+    if args.nnodes < 1 or not 0 <= args.node_rank < max(1, args.nnodes):
+        problems.append(f"--nnodes {args.nnodes} --node-rank {args.node_rank}: need 0 <= node-rank < nnodes")
+    if args.nnodes > 1 and ":" not in args.rdzv_endpoint:
+        problems.append(
+            "--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node; HOST = node 0)"
+        )
+    if problems:
+        raise UserError(problems)
+    cfg = check_training_config(job, nproc * args.nnodes, check_data=not args.skip_data_check)
     python = _python()
+
+    def command(log_dir: Path) -> list[str]:
+        ranks = str(log_dir / "ranks")
+        if args.nnodes == 1:
+            return commands.torchrun_local(job, python, nproc, args.shutdown_timeout, log_dir=ranks)
+        return commands.torchrun_node(
+            job,
+            python,
+            args.nnodes,
+            nproc,
+            args.rdzv_endpoint,
+            args.rdzv_id,
+            args.shutdown_timeout,
+            log_dir=ranks,
+        )
+
     if args.dry_run:
         log_dir = cfg.run_dir.resolve() / "logs" / "local-<time>"
-        cmd = commands.torchrun_local(
-            job, python, nproc, args.shutdown_timeout, log_dir=str(log_dir / "ranks")
-        )
         print(f"cd {shell_join([str(Path.cwd())])}")
-        print(f"{EXIT_DIR_ENV}={shell_join([str(log_dir / 'exit')])} {shell_join(cmd)}")
+        print(f"{EXIT_DIR_ENV}={shell_join([str(log_dir / 'exit')])} {shell_join(command(log_dir))}")
         return OK
-    log_dir = _exit_dir(cfg.run_dir, "local")
-    cmd = commands.torchrun_local(job, python, nproc, args.shutdown_timeout, log_dir=str(log_dir / "ranks"))
+    log_dir = _exit_dir(cfg.run_dir, f"local-node{args.node_rank}" if args.nnodes > 1 else "local")
+    cmd = command(log_dir)
     env = dict(os.environ, **{EXIT_DIR_ENV: str(log_dir / "exit")})
     logger.info("running: %s", shell_join(cmd))
     return _finish(job_exit_code(run_forwarding_signals(cmd, env), log_dir / "exit"), log_dir)

@@ -42,6 +42,16 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
 
 
+def private_shm(cmd: Sequence[str], size: str = "4g") -> list[str]:
+    """Run cmd in its own mount namespace with a private /dev/shm, as on a separate machine.
+
+    Simulated nodes on one host otherwise share /dev/shm, and mosaicml-streaming's per-node shared
+    memory (named from a counter and the local shard folders) collides across them.
+    """
+    script = f'mount -t tmpfs -o size={size} metalm-node-shm /dev/shm && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "node-shm", *cmd]
+
+
 def tail(path: Path, chars: int = 3000) -> str:
     try:
         return f"--- {path} (tail) ---\n" + path.read_text(errors="replace")[-chars:]

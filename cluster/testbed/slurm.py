@@ -19,7 +19,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from .daemons import Daemon, free_port, tail, wait_until
+from .daemons import Daemon, free_port, private_shm, tail, wait_until
 from .packages import which
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,8 @@ class LocalSlurm:
                 self.daemons.append(
                     Daemon(
                         f"slurmd-{n}",
-                        [which("slurmd") or "slurmd", "-D", "-N", n, "-f", str(self.conf)],
+                        # each node gets a private /dev/shm, as separate machines have
+                        private_shm([which("slurmd") or "slurmd", "-D", "-N", n, "-f", str(self.conf)]),
                         self.root / "log" / f"slurmd-{n}.out",
                         env=env,
                     )
