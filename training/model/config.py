@@ -57,8 +57,11 @@ class VisionEncoderConfig:
     ffn_hidden_size: int = 4096  # MLP inner width (divisible by TP)
     image_size: int = 224  # input resolution (square, pixels)
     patch_size: int = 14  # patch side (pixels); image_size must be a multiple of it
+    activation: str = "gelu"  # MLP activation: "gelu", or "quick_gelu" (CLIP's, to reuse CLIP weights)
     trainable_layers: int = -1  # train only the last N layers (+ final LN); -1 = everything trains
-    weights_path: str = ""  # optional local weights file (safetensors or torch) with our ViT names
+    weights_path: str = (
+        ""  # optional local ViT weights (safetensors/torch): our names or HF CLIP vision names
+    )
 
 
 @dataclass
@@ -192,6 +195,8 @@ class ModelConfig:
                 f"model.vision_encoder.patch_size={v.patch_size}: use an image size that is a multiple "
                 f"of the patch size (e.g. {max(1, v.patch_size) * max(1, v.image_size // max(1, v.patch_size))})"
             )
+        if v.activation not in ("gelu", "quick_gelu"):
+            out.append(f"model.vision_encoder.activation={v.activation!r} is unknown: use gelu or quick_gelu")
         if v.trainable_layers < -1 or v.trainable_layers > v.num_layers:
             out.append(
                 f"model.vision_encoder.trainable_layers={v.trainable_layers} must be -1 (all) or 0.."
@@ -316,6 +321,7 @@ def _metalm_1_3b() -> ModelConfig:
             ffn_hidden_size=4096,
             image_size=224,
             patch_size=14,
+            activation="quick_gelu",  # CLIP's, so CLIP ViT-L/14 weights can be loaded
             trainable_layers=1,
         ),
         connector=ConnectorConfig(kind="linear", num_latents=64, resampler_layers=1, resampler_heads=16),

@@ -124,6 +124,7 @@ class VisionEncoder(nn.Module):
             std=std,
             norm_scheme="pre",
             causal=False,
+            activation=cfg.activation,
             activation_checkpointing=checkpointing,
         )
         self.trainable_layers = cfg.trainable_layers

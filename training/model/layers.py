@@ -247,18 +247,36 @@ class ParallelAttention(nn.Module):
         return self.out(ctx)[0]
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's GELU approximation (needed to reuse CLIP vision weights)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+
+
 class ParallelMLP(nn.Module):
     """GELU MLP: column-parallel up-projection, row-parallel down-projection."""
 
     def __init__(
-        self, hidden: int, ffn: int, mp: ModelParallelConfig, tp_group, std: float, scale: float = 1.0
+        self,
+        hidden: int,
+        ffn: int,
+        mp: ModelParallelConfig,
+        tp_group,
+        std: float,
+        scale: float = 1.0,
+        activation: str = "gelu",
     ):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: use one of {', '.join(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[activation]
         self.fc1 = column_linear(hidden, ffn, mp, tp_group, std * scale)
         self.fc2 = row_linear(ffn, hidden, mp, tp_group, std * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)[0]))[0]
+        return self.fc2(self.act(self.fc1(x)[0]))[0]
 
 
 class TransformerLayer(nn.Module):
@@ -278,6 +296,7 @@ class TransformerLayer(nn.Module):
         norm_scheme: str,
         num_layers: int,
         selective_checkpoint: bool,
+        activation: str = "gelu",
     ):
         super().__init__()
         self.norm_scheme = norm_scheme
@@ -301,7 +320,7 @@ class TransformerLayer(nn.Module):
             selective_checkpoint=selective_checkpoint,
         )
         self.ln2 = layer_norm(hidden)
-        self.mlp = ParallelMLP(hidden, ffn, mp, tp_group, std, scale=beta)
+        self.mlp = ParallelMLP(hidden, ffn, mp, tp_group, std, scale=beta, activation=activation)
 
     def forward(
         self,
@@ -341,6 +360,7 @@ class TransformerStack(nn.Module):
         norm_scheme: str,
         causal: bool,
         activation_checkpointing: str,
+        activation: str = "gelu",
     ):
         super().__init__()
         self.causal = causal
@@ -361,6 +381,7 @@ class TransformerStack(nn.Module):
                     norm_scheme,
                     num_layers,
                     selective,
+                    activation,
                 )
                 for _ in range(num_layers)
             ]
