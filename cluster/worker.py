@@ -6,7 +6,14 @@
 1. It records this rank's exit code in `$METALM_EXIT_DIR/rank-<RANK>.exit`. torchrun reports every
    worker failure, including the "preempted, checkpoint committed" code 75, as its own exit code 1;
    the SLURM script and `launch.sh local` read these files to tell a preemption (requeue) from a crash.
-2. Under `srun` without torchrun (DeepSpeed's `--launcher slurm`) it fills RANK / WORLD_SIZE /
+2. SLURM's preemption warning SIGUSR1 kills a Python process that has no handler for it yet; one
+   arriving while the rank is still starting (imports, process groups, data: a minute on a big
+   job) would lose the checkpoint-and-exit-75 path. The worker holds it and delivers it again the
+   moment the training has installed its own handler (the training then saves at its first step
+   boundary). If nothing takes it over within METALM_EARLY_SIGNAL_GRACE_S (default 300 s), the
+   rank exits 128 + 10 as if the signal had killed it. SIGTERM is left alone: launchers use it to
+   stop ranks after a failure, which must stay immediate.
+3. Under `srun` without torchrun (DeepSpeed's `--launcher slurm`) it fills RANK / WORLD_SIZE /
    LOCAL_RANK / LOCAL_WORLD_SIZE from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, which DeepSpeed does not.
 
 The module runs in this same process (runpy), so signals reach the training code directly.
@@ -16,10 +23,58 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 EXIT_DIR_ENV = "METALM_EXIT_DIR"
+GRACE_ENV = "METALM_EARLY_SIGNAL_GRACE_S"
+EARLY_SIGNALS = (signal.SIGUSR1,)
+
+
+class EarlySignals:
+    """Hold SIGUSR1 until the program installs its own handler for it, then deliver it again."""
+
+    def __init__(self, grace_s: float = 300.0, poll_s: float = 0.1):
+        self.grace_s, self.poll_s = grace_s, poll_s
+        self.pending: int | None = None
+        self.since = 0.0
+        self._thread: threading.Thread | None = None
+
+    def _handle(self, signum, _frame) -> None:  # main thread, async: only remember it
+        if self.pending is None:
+            self.since = time.monotonic()
+            self.pending = signum
+
+    def _owned(self) -> list[int]:
+        return [s for s in EARLY_SIGNALS if signal.getsignal(s) == self._handle]
+
+    def install(self) -> None:
+        for s in EARLY_SIGNALS:
+            signal.signal(s, self._handle)
+        self._thread = threading.Thread(target=self._watch, name="early-signals", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.poll_s)
+            owned = self._owned()
+            sig = self.pending
+            if sig is not None and sig not in owned:  # the program handles it now: deliver it again
+                self.pending = None
+                os.kill(os.getpid(), sig)
+            elif sig is not None and time.monotonic() - self.since > self.grace_s:
+                record_exit(128 + sig)  # nobody took it over: behave as if it had killed us
+                os._exit(128 + sig)
+            if not owned and self.pending is None:
+                return
+
+    def uninstall(self) -> None:
+        """Back to the default action for the signals still held by us (main thread)."""
+        for s in self._owned():
+            signal.signal(s, signal.SIG_DFL)
 
 
 def exit_file(exit_dir: str | os.PathLike, rank: int | str) -> Path:
@@ -87,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     if root not in sys.path:
         sys.path.insert(0, root)
     sys.argv = [module, *rest]
+    early = EarlySignals(grace_s=float(os.environ.get(GRACE_ENV, "300")))
+    early.install()
     exc: BaseException | None = None
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -94,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         exc = e
         raise
     finally:
+        early.uninstall()
         record_exit(_code(exc))
 
 
