@@ -82,7 +82,8 @@ def _rank_main(rank: int, tp: int, port: int, ckpt_dir: str, cfg_path: str, outp
                 sd = torch.load(
                     d / f"mp_rank_{topo.tp_rank:02d}_model_states.pt", map_location="cpu", weights_only=False
                 )["module"]
-            model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+            sd = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in sd.items()}
+            model.load_state_dict(sd, strict=True)
             full = gather_full_state_dict(model, topo)
             info = None
             if rank == 0:
