@@ -70,6 +70,8 @@ class BadStepGuard:
         `engine_skipped` is how many optimizer steps DeepSpeed skipped during this step (the
         `engine.skipped_steps` delta): fp16 overflows and non-finite gradient norms.
         """
+        loss = float(loss) if loss is not None else None
+        grad_norm = float(grad_norm) if grad_norm is not None else None
         loss_bad = not _finite(loss)
         bad = loss_bad or not _finite(grad_norm) or engine_skipped > 0
         if not bad:

@@ -502,15 +502,18 @@ class CheckpointManager:
         mine = manifest.verify_files(path, mf, self.cfg.verify_hashes, _rank(), _world())
         return sorted(p for part in _gather(mine) for p in part)
 
-    def resume(self, engine, expect: dict[str, Any] | None = None) -> dict | None:
+    def resume(self, engine, expect: dict[str, Any] | None = None, newest: bool = False) -> dict | None:
         """COLLECTIVE. Load the newest valid checkpoint into `engine`; return its trainer_state, or None.
 
         `expect` (optional): trainer_state entries that must match the checkpoint's where both have
         them (e.g. {"tokenizer": <hash>, "vocab_size": 32000}); a mismatch is a UserError.
+        `newest=True` (rollback after bad steps): the newest valid one under RUN_DIR/checkpoints,
+        whatever `resume` says.
         """
-        if self.cfg.resume == "none":
+        mode = "auto" if newest else self.cfg.resume
+        if mode == "none":
             return None
-        if self.cfg.resume == "auto":
+        if mode == "auto":
             candidates = list_checkpoints(self.root)
             if not candidates:
                 logger.info("no checkpoint under %s: starting from scratch", self.root)

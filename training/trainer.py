@@ -22,7 +22,9 @@ import torch.distributed as dist
 
 from common import exit_codes
 from common.special_tokens import PAD_ID
+from training import fault_injection
 from training import flops as flops_mod
+from training.bad_steps import ROLLBACK, BadStepGuard, TooManyBadSteps
 from training.batch import Batch
 from training.checkpoint import CheckpointManager
 from training.config import TrainingConfig
@@ -76,6 +78,10 @@ class Trainer:
         for k, v in (("LOCAL_RANK", topology.local_rank), ("RANK", topology.rank), ("WORLD_SIZE", topology.world_size)):
             os.environ.setdefault(k, str(v))  # a plain single process: DeepSpeed and streaming read these
         model = MetaLM(cfg.model, topology)
+        if cfg.checkpoint.load_weights_from:  # exported weights, any TP/DP; before DeepSpeed copies them
+            from training.export import load_exported_weights
+
+            load_exported_weights(model, cfg.checkpoint.load_weights_from, topology)
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
         self.ds_config = deepspeed_config(cfg, topology.world_size)
@@ -109,10 +115,18 @@ class Trainer:
             watchdog.start()
         batches = self.batches()
         status = "FAILED"
+        guard = BadStepGuard(self.cfg.train.max_bad_steps)
         try:
             while self.step < self.cfg.train.steps:
                 metrics = self.train_step(batches)
                 self.step += 1
+                action = guard.after_step(self.step, metrics["loss"], self.grad_norm(), metrics["skipped"])
+                if action != "ok":
+                    self.tracker.log_metrics(guard.metrics(), self.step)
+                if action == ROLLBACK:
+                    self.rollback()
+                    batches = self.batches()  # the loader restarts from the checkpoint's position
+                    continue
                 if watchdog:
                     watchdog.beat(self.step)
                 self.after_step(metrics)
@@ -125,6 +139,9 @@ class Trainer:
             self.finish_training()
             status = "FINISHED"
             return exit_codes.OK
+        except TooManyBadSteps as e:
+            log.error("%s", e)
+            return exit_codes.BAD_STEPS
         finally:
             if watchdog:
                 watchdog.stop()
@@ -136,11 +153,14 @@ class Trainer:
         wait = 0.0
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = flops = 0.0
+        skipped = self.engine.skipped_steps  # DeepSpeed skips non-finite updates (fp16 overflow, inf/NaN grads)
+        fault_injection.stall(self.step + 1)  # TEST HOOK (METALM_TEST_STALL_STEP): a hung rank
         for _ in range(self.grad_accum):
             tw = time.perf_counter()
             batch = self.to_device(next(batches))
             wait += time.perf_counter() - tw
             loss = self.engine(batch)
+            loss = BadStepGuard.poison(self.step + 1, loss)  # TEST HOOK (METALM_TEST_NAN_STEPS)
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().double().cpu()
@@ -150,7 +170,7 @@ class Trainer:
         figures = self.dp_sum(torch.tensor([float(loss_sum), self.grad_accum, tokens, flops], dtype=torch.float64))
         step_time = time.perf_counter() - t0
         return {"loss": figures[0] / figures[1], "step_time": step_time, "tokens": figures[2],
-                "flops": figures[3], "data_wait": wait}
+                "flops": figures[3], "data_wait": wait, "skipped": self.engine.skipped_steps - skipped}
 
     def batches(self) -> Iterator[Batch]:
         """Training batches forever (epoch after epoch); the loader's state resumes mid-epoch."""
@@ -260,11 +280,17 @@ class Trainer:
     def save(self) -> Path:
         return self.ckpt.save(self.engine, self.step, self.trainer_state())
 
-    def resume(self) -> dict | None:
+    def rollback(self) -> None:
+        """Too many non-finite steps in a row: reload the newest valid checkpoint (weights, optimizer, data)."""
+        if self.resume(newest=True) is None:
+            raise TooManyBadSteps(f"non-finite steps in a row at step {self.step} and no checkpoint to roll back "
+                                  "to: lower optim.lr or check the data")
+
+    def resume(self, newest: bool = False) -> dict | None:
         expect = {"vocab_size": self.cfg.model.vocab_size}
         if self.tokenizer_sha256:
             expect["tokenizer_sha256"] = self.tokenizer_sha256
-        state = self.ckpt.resume(self.engine, expect=expect)
+        state = self.ckpt.resume(self.engine, expect=expect, newest=newest)
         if state is None:
             return None
         self.step = int(state["step"])
