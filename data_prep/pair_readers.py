@@ -8,7 +8,6 @@ already known to be bad carries a `skip` reason; images are decoded later, in th
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import tarfile
@@ -222,6 +221,19 @@ class CocoReader:
                     yield RawPair(key=f"{image_id}_{ann.get('id')}", source=source, skip="missing_image")
 
 
+def _has_bad_bytes(value) -> bool:
+    """True for a csv field that held bytes that are not UTF-8 (decoded as lone surrogates)."""
+    if isinstance(value, list):  # extra columns
+        return any(_has_bad_bytes(v) for v in value)
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _pick_field(fields: list[str], candidates: tuple[str, ...], explicit: str | None) -> str | None:
     if explicit:
         return explicit if explicit in fields else None
@@ -256,7 +268,7 @@ class ManifestReader:
     def _first_fields(self) -> list[str]:
         try:
             if self.format == "csv":
-                with open(self.path, newline="", encoding="utf-8") as f:
+                with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
                     header = next(csv.reader(f, delimiter=self._delimiter()), None)
                 return list(header or [])
             first = next((line for line in open_lines(self.path) if line.strip()), None)
@@ -276,20 +288,10 @@ class ManifestReader:
 
     def _rows(self) -> Iterator[tuple[int, dict | None]]:
         if self.format == "csv":
-            with open(self.path, "rb") as f:
-                text = io.TextIOWrapper(f, encoding="utf-8", errors="strict", newline="")
-                reader = csv.DictReader(text, delimiter=self._delimiter())
-                row_no = 0
-                while True:
-                    row_no += 1
-                    try:
-                        row = next(reader)
-                    except StopIteration:
-                        return
-                    except UnicodeDecodeError:
-                        yield row_no, None
-                        return  # the decoder cannot resync inside a csv stream
-                    yield row_no, row
+            with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+                for row_no, row in enumerate(csv.DictReader(f, delimiter=self._delimiter()), start=1):
+                    yield row_no, None if any(_has_bad_bytes(v) for v in row.values()) else row
+            return
         for row_no, line in enumerate(open_lines(self.path), start=1):
             if not line.strip():
                 continue

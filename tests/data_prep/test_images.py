@@ -104,3 +104,16 @@ def test_decompression_bomb_is_a_skip(monkeypatch):
     with pytest.raises(ImageSkip) as e:
         process_image(_encode(Image.new("RGB", (100, 100)), "PNG"), 16, 90)
     assert e.value.reason == "image_too_large"
+
+
+def test_mode_pil_cannot_convert_is_an_unsupported_mode_skip(monkeypatch):
+    img = Image.new("RGB", (4, 4))
+    monkeypatch.setattr(type(img), "mode", property(lambda self: "XYZ;7"), raising=False)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("conversion from XYZ;7 to RGB not supported")
+
+    monkeypatch.setattr(img, "convert", refuse)
+    with pytest.raises(ImageSkip) as e:
+        to_rgb(img)
+    assert e.value.reason == "unsupported_mode"

@@ -139,6 +139,13 @@ def test_manifests_jsonl_and_csv(tmp_path):
         ("hello, world", True),
         ("other", True),
     ]
+    bad_row = tmp_path / "b.csv"
+    bad_row.write_bytes(b"image,caption\na.jpg,ok\nb.jpg,caf\xe9 latin-1\nc.jpg,after\n")
+    assert [(p.caption, p.skip) for p in open_pair_sources([bad_row])[0]] == [
+        ("ok", None),
+        (None, "bad_record"),
+        ("after", None),
+    ]
     tsv = tmp_path / "m.tsv"
     tsv.write_text("path\tcaption\na.jpg\ttabbed\n")
     assert [p.caption for p in open_pair_sources([tsv])[0]] == ["tabbed"]
