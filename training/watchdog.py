@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 class Watchdog:
-    def __init__(self, timeout_s: float, run_dir: Path, rank: int | None = None):
+    def __init__(self, timeout_s: float, run_dir: Path, rank: int | None = None, first_step_s: float = 600.0):
+        """`first_step_s`: the limit before the first beat (loader start-up, first compile), at least `timeout_s`."""
         self.timeout_s = float(timeout_s)
+        self.first_step_s = max(float(first_step_s), self.timeout_s)
         self.run_dir = Path(run_dir)
         self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
         self._last = time.monotonic()
@@ -81,7 +83,7 @@ class Watchdog:
             if self._paused:
                 continue
             idle = time.monotonic() - self._last
-            if idle > self.timeout_s:
+            if idle > (self.timeout_s if self._step is not None else self.first_step_s):
                 self._fire(idle)
 
     def _fire(self, idle: float) -> None:

@@ -57,7 +57,7 @@ def test_watchdog_dumps_stacks_and_exits_on_hang(tmp_path):
     r = _run_script(
         f"""
         from training.watchdog import Watchdog
-        wd = Watchdog(0.6, {str(tmp_path)!r}); wd.start()
+        wd = Watchdog(0.6, {str(tmp_path)!r}, first_step_s=0.6); wd.start()
         for step in range(3):
             time.sleep(0.1); wd.beat(step)
         def stuck_in_collective():
@@ -78,6 +78,7 @@ def test_watchdog_quiet_while_steps_complete_or_paused(tmp_path):
         f"""
         from training.watchdog import Watchdog
         wd = Watchdog(0.5, {str(tmp_path)!r}); wd.start()
+        time.sleep(1.0)   # start-up before the first step has its own, longer limit
         for step in range(8):
             time.sleep(0.2); wd.beat(step)
         with wd.paused():
