@@ -99,6 +99,7 @@ def run_with_trainer(config: str | None, overrides: list[str], fn: Callable, nam
         if name != "train":
             trainer.resume()
         code = fn(trainer)
+        log.info("%s finished with exit code %d", name, code)
         if dist.is_initialized():
             dist.barrier()
         return code
@@ -110,6 +111,7 @@ def run_with_trainer(config: str | None, overrides: list[str], fn: Callable, nam
         raise
     finally:
         destroy_distributed()
+        log.debug("process groups destroyed")
 
 
 def _record(fn):

@@ -94,6 +94,16 @@ class SemiCausalDataset(StreamingDataset):
         super().__init__(**kwargs)
         self.spec = spec
 
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        finally:
+            # an epoch left early (end of training, eval batches cap): stop streaming's download/ready
+            # threads now, else the process waits for them at exit (DataLoader gives workers 5 s, then kills)
+            it = getattr(self, "_iterator", None)
+            if it is not None:
+                it.non_blocking_exit()
+
     def get_item(self, sample_id: int, retry: int = 7) -> semicausal.Row:
         sample = super().get_item(sample_id, retry)
         # the epoch being iterated: __iter__ pre-increments next_epoch (shared memory, same in every worker)

@@ -73,6 +73,7 @@ class Trainer:
         self.tokenizer_sha256 = tokenizer_sha256
         self.step = 0
         self.consumed_samples = 0
+        self.losses: list[tuple[int, float]] = []  # (step, DP-mean loss) of every step this process ran
         torch.manual_seed(cfg.parallel.seed + topology.dp_rank)  # same on the ranks of a TP group
 
         for k, v in (("LOCAL_RANK", topology.local_rank), ("RANK", topology.rank), ("WORLD_SIZE", topology.world_size)):
@@ -195,6 +196,7 @@ class Trainer:
             "mfu": (m["flops"] / world / m["step_time"] / (t.peak_tflops * 1e12)) if t.peak_tflops > 0 else None,
         }
         self.last_metrics = row
+        self.losses.append((self.step, m["loss"]))
         self.progress.update(self.step, row)
         self.tracker.log_metrics(row, self.step)
         if self.step % t.log_interval == 0 or self.step == t.steps:
