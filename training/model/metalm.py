@@ -109,6 +109,7 @@ class MetaLM(nn.Module):
             )
         else:
             self.image_connector = LinearConnector(ve.hidden_size, d.hidden_size, std)
+        _register_tied_output_weight(self)
         # megatron resolves the group it actually uses (the global TP group when none is given)
         self.tp_group = self.embedding.tp_group
         self.tp_size = 1 if self.tp_group is None else self.tp_group.size()
@@ -291,6 +292,16 @@ class MetaLM(nn.Module):
             use_cache=use_cache,
             num_beams=num_beams,
         )
+
+
+def _register_tied_output_weight(model: MetaLM) -> None:
+    """The output layer reads the embedding weight outside the embedding's forward: tell ZeRO-3 to gather
+    it for the whole model forward (a no-op bookkeeping entry for ZeRO-0/1/2)."""
+    try:
+        from deepspeed.zero import register_external_parameter
+    except ImportError:  # DeepSpeed is optional for inference-only use
+        return
+    register_external_parameter(model, model.embedding.weight)
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
