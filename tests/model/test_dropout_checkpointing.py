@@ -41,20 +41,22 @@ def _run(rank, world):
     out["hidden"] = torch.nn.functional.dropout(torch.ones(64), 0.5).numpy()
     batch = make_batch(cfg, "mixed", seed=3)
     state = _rng_state()
-    with torch.no_grad():
-        model.eval()
-        out["eval_loss"] = model(batch).item()
-        model.train()
     for mode in ("none", "full", "selective", "torch"):
         m_cfg = model_config_from_preset(
             "debug",
             dropout=0.2,
             attention_dropout=0.3,
             activation_checkpointing="full" if mode == "torch" else mode,
+            # a frozen ViT layer before a trainable one: the checkpointed trainable layer still gets grads
+            **{"vision_encoder.num_layers": 2, "vision_encoder.trainable_layers": 1},
         )
         if mode == "torch":  # negative control: torch's checkpoint does not replay the TP RNG tracker
             layers.checkpoint = lambda fn, *a: torch_ckpt.checkpoint(fn, *a, use_reentrant=True)
         m = MetaLM(m_cfg, topo)
+        if mode == "none":
+            with torch.no_grad():
+                out["eval_loss"] = m.eval()(batch).item()
+            m.train()
         _set_rng_state(state)
         loss = m(batch)
         loss.backward()
@@ -78,8 +80,11 @@ def test_dropout_masks_and_checkpointing_under_tp():
         assert r0[mode][0] == r1[mode][0], mode
     assert r0["none"][0] != r0["eval_loss"], "dropout had no effect"
     ref = r0["none"][1]
+    assert "vision_encoder.stack.layers.1.attn.qkv.weight" in ref
+    assert "vision_encoder.stack.layers.0.attn.qkv.weight" not in ref  # frozen
     for mode in ("full", "selective"):
         assert r0[mode][0] == r0["none"][0], mode
+        assert set(r0[mode][1]) == set(ref), mode
         for name, g in ref.items():
             torch.testing.assert_close(
                 r0[mode][1][name], g, rtol=1e-5, atol=1e-6, msg=f"{mode}: grad of {name}"
