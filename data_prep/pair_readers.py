@@ -89,7 +89,9 @@ class WebDatasetReader:
         group_key: str | None = None
         group: dict[str, bytes] = {}
         try:
-            with tarfile.open(self.path, mode="r|*") as tar:
+            # Random-access mode: member data is read with one seek + read (stream mode copies
+            # it through small buffers, which costs the main process more than the image work).
+            with tarfile.open(self.path, mode="r:*") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -103,6 +105,10 @@ class WebDatasetReader:
                             yield from self._emit(group_key, group, source)
                         group_key, group = key, {}
                     group.setdefault(ext, data)
+                # tarfile stops quietly at a header cut short or a missing end-of-archive block;
+                # a complete archive has at least one 512-byte zero block after the last member.
+                if self.path.stat().st_size - tar.offset < tarfile.BLOCKSIZE:
+                    raise EOFError("no end-of-archive block")
         except (tarfile.TarError, OSError, EOFError) as e:
             log.warning(
                 "%s: truncated or corrupt tar after %s (%s); keeping the samples read so far",
@@ -110,8 +116,9 @@ class WebDatasetReader:
                 group_key,
                 e,
             )
-            group = {}  # the group being read when the tar broke may be incomplete
             yield RawPair(key="", source=source, skip="truncated_tar")
+        # The members of the last group were read whole (a cut member raised before being added);
+        # if the cut took its image or caption, _emit counts it as missing.
         if group_key is not None and group:
             yield from self._emit(group_key, group, source)
 
