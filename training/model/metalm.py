@@ -59,56 +59,60 @@ class MetaLM(nn.Module):
         std = cfg.init_std
         self.padded_vocab = cfg.padded_vocab_size()
 
-        self.embedding = vocab_embedding(self.padded_vocab, d.hidden_size, mp, group)
-        self.embed_scale = math.sqrt(d.hidden_size)
-        self.decoder = TransformerStack(
-            num_layers=d.num_layers,
-            hidden=d.hidden_size,
-            heads=d.num_heads,
-            ffn=d.ffn_hidden_size,
-            mp=mp,
-            tp_group=group,
-            tp_size=tp,
-            dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout,
-            std=std,
-            norm_scheme=d.norm_scheme,
-            causal=True,
-            activation_checkpointing=ckpt,
-        )
-        # tied output: logits shard = hidden @ embedding_shard.T (weight passed at call time)
-        self.output_layer = ColumnParallelLinear(
-            d.hidden_size,
-            self.padded_vocab,
-            config=mp,
-            init_method=lambda t: None,
-            bias=False,
-            gather_output=False,
-            skip_weight_param_allocation=True,
-            tp_group=group,
-        )
-        self.text_encoder = LanguageEncoder(
-            te, self.padded_vocab, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt
-        )
-        self.text_connector = LinearConnector(te.hidden_size, d.hidden_size, std)
-        self.vision_encoder = VisionEncoder(ve, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt)
-        if cfg.connector.kind == "resampler":
-            c = cfg.connector
-            self.image_connector = ResamplerConnector(
-                ve.hidden_size,
-                d.hidden_size,
-                c.num_latents,
-                c.resampler_layers,
-                c.resampler_heads,
-                mp,
-                group,
-                tp,
-                cfg.dropout,
-                cfg.attention_dropout,
-                std,
+        # build directly on the target device (GPU ranks never hold a CPU copy); init fills it below
+        with torch.device(topology.device):
+            self.embedding = vocab_embedding(self.padded_vocab, d.hidden_size, mp, group)
+            self.embed_scale = math.sqrt(d.hidden_size)
+            self.decoder = TransformerStack(
+                num_layers=d.num_layers,
+                hidden=d.hidden_size,
+                heads=d.num_heads,
+                ffn=d.ffn_hidden_size,
+                mp=mp,
+                tp_group=group,
+                tp_size=tp,
+                dropout=cfg.dropout,
+                attention_dropout=cfg.attention_dropout,
+                std=std,
+                norm_scheme=d.norm_scheme,
+                causal=True,
+                activation_checkpointing=ckpt,
             )
-        else:
-            self.image_connector = LinearConnector(ve.hidden_size, d.hidden_size, std)
+            # tied output: logits shard = hidden @ embedding_shard.T (weight passed at call time)
+            self.output_layer = ColumnParallelLinear(
+                d.hidden_size,
+                self.padded_vocab,
+                config=mp,
+                init_method=lambda t: None,
+                bias=False,
+                gather_output=False,
+                skip_weight_param_allocation=True,
+                tp_group=group,
+            )
+            self.text_encoder = LanguageEncoder(
+                te, self.padded_vocab, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt
+            )
+            self.text_connector = LinearConnector(te.hidden_size, d.hidden_size, std)
+            self.vision_encoder = VisionEncoder(
+                ve, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt
+            )
+            if cfg.connector.kind == "resampler":
+                c = cfg.connector
+                self.image_connector = ResamplerConnector(
+                    ve.hidden_size,
+                    d.hidden_size,
+                    c.num_latents,
+                    c.resampler_layers,
+                    c.resampler_heads,
+                    mp,
+                    group,
+                    tp,
+                    cfg.dropout,
+                    cfg.attention_dropout,
+                    std,
+                )
+            else:
+                self.image_connector = LinearConnector(ve.hidden_size, d.hidden_size, std)
         _register_tied_output_weight(self)
         # megatron resolves the group it actually uses (the global TP group when none is given)
         self.tp_group = self.embedding.tp_group
@@ -123,7 +127,6 @@ class MetaLM(nn.Module):
                 from training.model.vision_weights import load_vision_weights
 
                 load_vision_weights(self, ve.weights_path)
-            self.to(topology.device)
         counts = self.parameter_counts()
         log.info(
             "MetaLM %s parameters: %s",
@@ -150,7 +153,9 @@ class MetaLM(nn.Module):
             g = torch.Generator().manual_seed(
                 (self.cfg.init_seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
             )
-            full = torch.empty(self.full_shape(p), dtype=torch.float32)
+            full = torch.empty(
+                self.full_shape(p), dtype=torch.float32, device="cpu"
+            )  # CPU RNG: same on any device
             init(full, g)
             p.copy_(self.shard(full, p).to(p.dtype))
 
