@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,14 +179,17 @@ def build_pairs(cfg: PairsConfig) -> dict:
         mininterval=0.5,
         dynamic_ncols=True,
     )
+    initargs = (str(cfg.tokenizer), cfg.image_size, cfg.jpeg_quality, cfg.max_caption_tokens)
     with staged_output(cfg.output, cfg.force) as tmp:
-        with MDSWriter(
-            out=str(tmp), columns=PAIRS_COLUMNS, hashes=SHARD_HASHES, size_limit=cfg.shard_size_limit
-        ) as writer:
-            initargs = (str(cfg.tokenizer), cfg.image_size, cfg.jpeg_quality, cfg.max_caption_tokens)
-            for results in ordered_map(
-                process_chunk, _chunks(good_pairs(), CHUNK), cfg.workers, _init_worker, initargs
-            ):
+        # closing(): on Ctrl-C or an error the workers are stopped at once, not at garbage collection
+        mapped = ordered_map(process_chunk, _chunks(good_pairs(), CHUNK), cfg.workers, _init_worker, initargs)
+        with (
+            closing(mapped),
+            MDSWriter(
+                out=str(tmp), columns=PAIRS_COLUMNS, hashes=SHARD_HASHES, size_limit=cfg.shard_size_limit
+            ) as writer,
+        ):
+            for results in mapped:
                 for sample, reason, truncated in results:
                     src = pair_src.popleft()
                     if sample is None:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,12 +132,16 @@ def build_text(cfg: TextConfig) -> dict:
         dynamic_ncols=True,
     )
     with staged_output(cfg.output, cfg.force) as tmp:
-        with MDSWriter(
-            out=str(tmp), columns=TEXT_COLUMNS, hashes=SHARD_HASHES, size_limit=cfg.shard_size_limit
-        ) as writer:
-            for results in ordered_map(
-                tokenize_chunk, _chunks(records(), CHUNK), cfg.workers, _init_worker, (str(cfg.tokenizer),)
-            ):
+        mapped = ordered_map(
+            tokenize_chunk, _chunks(records(), CHUNK), cfg.workers, _init_worker, (str(cfg.tokenizer),)
+        )
+        with (
+            closing(mapped),
+            MDSWriter(
+                out=str(tmp), columns=TEXT_COLUMNS, hashes=SHARD_HASHES, size_limit=cfg.shard_size_limit
+            ) as writer,
+        ):
+            for results in mapped:
                 docs = []
                 for ids, reason in results:
                     if reason:
