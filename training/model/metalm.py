@@ -177,13 +177,15 @@ class MetaLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     def _scatter(self, flat: torch.Tensor, values: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
-        """Out-of-place: flat[dest[i]] = values[i] for dest >= 0 (gradients flow to both)."""
+        """Out-of-place: flat[dest[i]] = values[i] for dest >= 0 (gradients flow to both).
+
+        Padding entries (dest = -1) are written to a scratch row that is dropped afterwards, so there is
+        no data-dependent shape (no host-device sync on GPU)."""
+        n = flat.shape[0]
         dest = dest.reshape(-1)
-        values = values.reshape(-1, values.shape[-1])
-        keep = dest >= 0
-        if not bool(keep.all()):
-            dest, values = dest[keep], values[keep]
-        return flat.index_copy(0, dest, values.to(flat.dtype))
+        dest = torch.where(dest >= 0, dest, torch.full_like(dest, n))
+        padded = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
+        return padded.index_copy(0, dest, values.reshape(-1, values.shape[-1]).to(flat.dtype))[:n]
 
     def encode_spans(self, span_tokens: torch.Tensor) -> torch.Tensor:
         """[S, L] -> decoder-width vectors [S, L-1, H] for the span tokens."""
