@@ -256,24 +256,44 @@ def check_training_config(job: TrainingJob, world_size: int, check_data: bool = 
 # ---- running children -----------------------------------------------------------------------
 
 
-def run_forwarding_signals(cmd: list[str], env: dict) -> int:
-    """Run cmd; pass SIGINT/SIGTERM/SIGUSR1/SIGUSR2 on to it (e.g. a scheduler's preemption warning)."""
-    proc = subprocess.Popen(cmd, env=env)
+def run_forwarding_signals(cmd: list[str], env: dict, group: bool = False, stop_timeout: float = 30) -> int:
+    """Run cmd; pass SIGINT/SIGTERM/SIGUSR1/SIGUSR2 on to it (e.g. a scheduler's preemption warning).
+
+    group=True: the child leads its own process group and signals go to the whole group (a server
+    with worker processes); after SIGINT/SIGTERM, whatever is left of the group after
+    `stop_timeout` seconds is killed.
+    """
+    proc = subprocess.Popen(cmd, env=env, start_new_session=group)
+    stopping: list[float] = []
 
     def forward(signum, _frame):
-        logger.warning("got %s: passing it to the training launcher", signal.Signals(signum).name)
-        if proc.poll() is None:
-            proc.send_signal(signum)
+        logger.warning("got %s: passing it on to %s", signal.Signals(signum).name, Path(cmd[0]).name)
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            stopping.append(time.monotonic())
+        try:
+            if group:
+                os.killpg(proc.pid, signum)
+            elif proc.poll() is None:
+                proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
 
-    old = {
-        s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-    }
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    old = {s: signal.signal(s, forward) for s in sigs}
     try:
         while True:
             try:
-                return proc.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
-                continue
+                rc = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if group and stopping and time.monotonic() - stopping[0] > stop_timeout:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        if group:  # the leader is gone; its workers may not be
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return rc
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -462,7 +482,11 @@ def mode_mlflow_server(args) -> int:
     logger.info(
         "MLflow server on %s:%d; train with tracking.uri=%s", opts.host, opts.port, tracking_uri_hint(opts)
     )
-    return run_forwarding_signals(cmd, dict(os.environ))
+    env = dict(os.environ)
+    # MLflow 3 starts a job runner with several huey worker processes for its GenAI jobs;
+    # training tracking does not use them (set the variable to true to keep them)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return run_forwarding_signals(cmd, env, group=True, stop_timeout=15)
 
 
 MODES = {

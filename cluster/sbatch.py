@@ -149,7 +149,9 @@ def render_sbatch(opts: SbatchOptions, job: TrainingJob, run_dir: Path, workdir:
 
 def check_syntax(script: Path) -> None:
     """`bash -n`: refuse to submit a script bash cannot parse."""
-    res = subprocess.run([shutil.which("bash") or "/bin/bash", "-n", str(script)], capture_output=True, text=True)
+    res = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", "-n", str(script)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise RuntimeError(f"rendered script {script} does not parse: {res.stderr.strip()}")
 

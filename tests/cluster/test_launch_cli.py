@@ -27,13 +27,29 @@ def test_local_dry_run(capsys, tmp_path):
     assert cmd[0].startswith("METALM_EXIT_DIR=") and "torch.distributed.run" in cmd
     assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
     i = cmd.index("cluster.worker")
-    assert cmd[i + 1 :] == ["training", "--config", CONFIG, "model.vocab_size=512", "train.steps=20",
-                            f"train.run_dir={tmp_path}/run"]
+    assert cmd[i + 1 :] == [
+        "training",
+        "--config",
+        CONFIG,
+        "model.vocab_size=512",
+        "train.steps=20",
+        f"train.run_dir={tmp_path}/run",
+    ]
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
 def test_local_multinode_dry_run(capsys):
-    args = ["local", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "10.0.0.1:29400", "--dry-run", *BASE]
+    args = [
+        "local",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--rdzv-endpoint",
+        "10.0.0.1:29400",
+        "--dry-run",
+        *BASE,
+    ]
     assert main(args) == 0
     cmd = capsys.readouterr().out.splitlines()[-1]
     assert "--nnodes=2" in cmd and "--rdzv-backend=c10d" in cmd and "--rdzv-endpoint=10.0.0.1:29400" in cmd
@@ -43,8 +59,17 @@ def test_local_multinode_dry_run(capsys):
 def test_deepspeed_dry_run(capsys, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("gpu1 slots=1\ngpu2 slots=1\n")
-    args = ["deepspeed", "--hostfile", str(hosts), "--master-addr", "10.0.0.1", "--ssh-port", "2222", "--dry-run",
-            *BASE]
+    args = [
+        "deepspeed",
+        "--hostfile",
+        str(hosts),
+        "--master-addr",
+        "10.0.0.1",
+        "--ssh-port",
+        "2222",
+        "--dry-run",
+        *BASE,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "2 host(s), 2 rank(s)" in out
@@ -56,8 +81,20 @@ def test_deepspeed_dry_run(capsys, tmp_path):
 
 
 def test_slurm_dry_run_prints_a_valid_script(capsys, tmp_path):
-    args = ["slurm", "--nodes", "2", "--gpus-per-node", "1", "--partition", "gpu", "--time", "1:00:00", "--dry-run",
-            *BASE, f"train.run_dir={tmp_path}/run"]
+    args = [
+        "slurm",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--partition",
+        "gpu",
+        "--time",
+        "1:00:00",
+        "--dry-run",
+        *BASE,
+        f"train.run_dir={tmp_path}/run",
+    ]
     assert main(args) == 0
     script = capsys.readouterr().out
     assert script.startswith("#!/bin/bash\n")
@@ -73,8 +110,15 @@ def test_slurm_dry_run_prints_a_valid_script(capsys, tmp_path):
 @pytest.mark.parametrize("mode", [["local", "--nproc", "2"], ["slurm", "--nodes", "3"]])
 def test_config_is_validated_before_launch(caplog, mode):
     # TP=2 cannot divide 3 ranks / a batch of 20 over 2 DP ranks: reported, nothing started
-    args = [*mode, "--dry-run", "--skip-data-check", CONFIG, "model.vocab_size=512", "train.global_batch_size=33",
-            "train.bogus=1"]
+    args = [
+        *mode,
+        "--dry-run",
+        "--skip-data-check",
+        CONFIG,
+        "model.vocab_size=512",
+        "train.global_batch_size=33",
+        "train.bogus=1",
+    ]
     assert main(args) == USER_ERROR
     assert "unknown config key 'train.bogus'" in caplog.text
 
@@ -91,8 +135,13 @@ def test_slurm_without_sbatch_is_a_user_error(caplog, tmp_path, monkeypatch):
 
 
 def test_mlflow_server_command(tmp_path):
-    opts = MlflowServerOptions(host="0.0.0.0", port=5123, backend_store_uri=f"sqlite:///{tmp_path}/m.db",
-                               artifacts_destination=str(tmp_path / "art"), allowed_hosts="mlflow.example.org")
+    opts = MlflowServerOptions(
+        host="0.0.0.0",
+        port=5123,
+        backend_store_uri=f"sqlite:///{tmp_path}/m.db",
+        artifacts_destination=str(tmp_path / "art"),
+        allowed_hosts="mlflow.example.org",
+    )
     cmd = mlflow_server_command(opts, "python")
     assert cmd[:4] == ["python", "-m", "mlflow", "server"]
     assert cmd[cmd.index("--port") + 1] == "5123" and "--serve-artifacts" in cmd
@@ -100,7 +149,9 @@ def test_mlflow_server_command(tmp_path):
     assert "mlflow.example.org:*" in hosts and "localhost:*" in hosts
     assert set(allowed_host_headers(opts)) == set(hosts)
     with pytest.raises(UserError, match="does not exist"):
-        mlflow_server_command(MlflowServerOptions(backend_store_uri="sqlite:////nonexistent/dir/m.db"), "python")
+        mlflow_server_command(
+            MlflowServerOptions(backend_store_uri="sqlite:////nonexistent/dir/m.db"), "python"
+        )
 
 
 def test_mlflow_server_dry_run_relative_sqlite_made_absolute(capsys, tmp_path, monkeypatch):
