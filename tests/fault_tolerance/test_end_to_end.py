@@ -80,6 +80,7 @@ def test_kill9_of_one_rank_exits_without_hanging_and_resumes(data, tmp_path):
         dir_,
         **{
             "parallel.tp": 1,
+            "train.micro_batch_size": 4,
             "train.zero_stage": 2,
             "train.watchdog_timeout_s": 20,
             "parallel.timeout_minutes": 1,
