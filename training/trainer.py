@@ -168,7 +168,8 @@ class Trainer:
             tokens += float((batch.tokens != PAD_ID).sum()) + batch.image_dest.numel()
             flops += flops_mod.batch_flops(self.cfg.model, batch)
         self.consumed_samples += self.cfg.train.global_batch_size
-        figures = self.dp_sum(torch.tensor([float(loss_sum), self.grad_accum, tokens, flops], dtype=torch.float64))
+        figures = self.dp_sum(torch.tensor([float(loss_sum), self.grad_accum, tokens, flops],
+                                           dtype=torch.float64)).tolist()
         step_time = time.perf_counter() - t0
         return {"loss": figures[0] / figures[1], "step_time": step_time, "tokens": figures[2],
                 "flops": figures[3], "data_wait": wait, "skipped": self.engine.skipped_steps - skipped}
@@ -300,6 +301,10 @@ class Trainer:
         if state.get("dataloader"):
             self.train_loader.load_state_dict(state["dataloader"])
         self.tracker.run_id = state.get("mlflow_run_id")
+        # the restored optimizer holds the lr of the saved schedule; follow this config's schedule (e.g. more steps)
+        sched = self.engine.lr_scheduler
+        for group, lr in zip(sched.optimizer.param_groups, sched.get_lr()):
+            group["lr"] = lr
         if state.get("config_hash") not in (None, self.cfg.hash()):
             log.warning("the config differs from the checkpoint's (hash %s vs %s): continuing with the new one",
                         state.get("config_hash"), self.cfg.hash())
