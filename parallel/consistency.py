@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
 MAX_DIMS = 8
 
 
