@@ -48,7 +48,7 @@ def _run(rank, world, tp):
     out["greedy_nocache"] = model.generate(images, max_new_tokens=10, use_cache=False)
     out["beam_cache"] = model.generate(images, max_new_tokens=10, use_cache=True, num_beams=3)
     out["beam_nocache"] = model.generate(images, max_new_tokens=10, use_cache=False, num_beams=3)
-    out["prompted"] = model.generate(image[None], prompt_ids=CAPTION[:2], max_new_tokens=10)
+    out["prompted"] = model.generate(image, prompt_ids=CAPTION[:2], max_new_tokens=10)  # one [3, H, W] image
     out["training_after"] = model.training
     destroy_distributed()
     return out

@@ -60,7 +60,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        images = images.to(model.embedding.weight.device)
+        if images.dim() == 3:  # one image [3, H, W]
+            images = images[None]
+        images = images.to(device=model.embedding.weight.device, dtype=model.embedding.weight.dtype)
         prompts = _prompts(prompt_ids, images.shape[0])
         prefix = build_prefix(model, images, prompts)
         room = model.cfg.max_seq_len - prefix.shape[1]
