@@ -81,19 +81,23 @@ def test_world_of_one_without_env():
     assert (o["world"], o["tp_size"], o["dp_size"], o["tp_sum"]) == (1, 1, 1, 1.0)
 
 
-def _bad(rank, world, tp):
+def _bad(rank, world, tp, backend):
+    import torch.distributed as dist
+
     from parallel import ParallelConfig, init_distributed
 
     try:
-        init_distributed(ParallelConfig(tp=tp))
+        init_distributed(ParallelConfig(tp=tp, backend=backend))
     except UserError as e:
-        return str(e)
+        return str(e), dist.is_initialized()
     return None
 
 
 def test_bad_layout_is_a_user_error_before_any_group():
-    msgs = run_ranks(2, _bad, 4)
-    assert all("parallel.tp=4 is larger than the world size 2" in m for m in msgs)
+    for msg, initialized in run_ranks(2, _bad, 4, "auto"):
+        assert "parallel.tp=4 is larger than the world size 2" in msg and not initialized
+    for msg, initialized in run_ranks(1, _bad, 1, "nccl"):
+        assert "parallel.backend=nccl needs GPUs" in msg and not initialized
 
 
 def _megatron_checkpoint_cpu(rank, world):
