@@ -17,7 +17,7 @@ log = logging.getLogger("data_prep")
 EPILOG = """\
 typical flow (what `scripts/demo_data.sh OUT` runs):
   python -m data_prep synth --output OUT/raw
-  python -m data_prep tokenizer --input OUT/raw/text/train.jsonl OUT/raw/pairs --vocab-size 640 --output OUT/tokenizer
+  python -m data_prep tokenizer --input OUT/raw/text/train.jsonl OUT/raw/pairs --model-type bpe --vocab-size 512 --output OUT/tokenizer
   python -m data_prep pairs --input OUT/raw/pairs/train-*.tar --tokenizer OUT/tokenizer --image-size 32 --output OUT/shards/pairs-train --workers 2
   python -m data_prep text --input OUT/raw/text/train.jsonl --tokenizer OUT/tokenizer --seq-len 128 --output OUT/shards/text-train
   python -m data_prep verify OUT/shards/pairs-train OUT/shards/text-train
