@@ -156,3 +156,35 @@ def test_caption_normalization_and_ids(tmp_path, tokenizer_dir):
     s = reader.get_item(0)
     assert s["caption"] == "large red circle" and s["key"] == "k" and s["source"] == "x.tar"
     assert s["caption_ids"].dtype == np.int32 and len(s["caption_ids"]) == 3
+
+
+def test_sigterm_cleans_up_and_exits_130(tmp_path, raw_data, tokenizer_dir):
+    from data_prep.cli import main
+
+    out = tmp_path / "out"
+    tars = [str(p) for p in sorted((raw_data / "pairs").glob("*.tar"))] * 100
+    argv = [
+        "pairs",
+        "--input",
+        *tars,
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--image-size",
+        "24",
+        "--output",
+        str(out),
+        "--shard-size-limit",
+        "20kb",
+        "--no-progress",
+        "--workers",
+        "2",
+    ]
+    proc = multiprocessing.get_context("fork").Process(target=lambda: os._exit(main(argv)))
+    proc.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(tmp_path.glob(".out.tmp-*/shard.*.mds")):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(60)
+    assert proc.exitcode == 130
+    assert list(tmp_path.iterdir()) == []

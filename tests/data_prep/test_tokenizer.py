@@ -67,3 +67,26 @@ def test_unigram_and_bad_inputs(raw_data, tmp_path):
     with pytest.raises(UserError, match="no text"):
         build_tokenizer([empty], tmp_path / "y", vocab_size=100)
     assert not (tmp_path / "y").exists()
+
+
+def test_tokenizer_with_other_special_ids_is_refused(raw_data, tmp_path):
+    import hashlib
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["red circle top left"] * 50),
+        model_writer=buf,
+        vocab_size=30,
+        model_type="bpe",
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / MODEL_FILE).write_bytes(buf.getvalue())
+    (d / META_FILE).write_text(json.dumps({"sha256": hashlib.sha256(buf.getvalue()).hexdigest()}))
+    with pytest.raises(UserError, match="special token <unk> has id 0, expected 3"):
+        load_tokenizer(d)
