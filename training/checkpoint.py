@@ -235,7 +235,12 @@ class _RecordingCheckpointEngine:
             if type(self.inner) is TorchCheckpointEngine:
                 with open(path, "wb") as f:
                     w = manifest.HashingWriter(f)
-                    torch.save(state_dict, w, _use_new_zipfile_serialization=self.inner.zipfile_serialization)
+                    try:
+                        torch.save(
+                            state_dict, w, _use_new_zipfile_serialization=self.inner.zipfile_serialization
+                        )
+                    except RuntimeError as e:
+                        raise (w.error or e) from e  # the OSError (e.g. ENOSPC), not torch's "unexpected pos"
                     f.flush()
                     os.fsync(f.fileno())
                 self.records[os.path.abspath(path)] = {"size": w.size, "hash": w.hexdigest()}

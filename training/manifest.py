@@ -53,14 +53,23 @@ class HashingWriter:
         self.algo = algo
         self._h = new_hasher(algo)
         self.size = 0
+        self.error: OSError | None = None  # the first write error (e.g. ENOSPC)
 
     def write(self, data) -> int:
-        n = self.raw.write(data)
-        # hash exactly what was written (raw.write may be partial for unbuffered files)
         mv = memoryview(data).cast("B")
-        self._h.update(mv[:n] if n is not None and n < len(mv) else mv)
-        self.size += len(mv) if n is None else n
-        return len(mv) if n is None else n
+        done = 0
+        while done < len(mv):  # a short write is retried, so a full disk surfaces as its OSError (ENOSPC)
+            try:
+                n = self.raw.write(mv[done:])
+            except OSError as e:  # kept: torch.save's C++ writer replaces it with "unexpected pos ..."
+                self.error = self.error or e
+                raise
+            if not n:
+                raise OSError(f"write returned {n!r} after {self.size + done} bytes")
+            self._h.update(mv[done : done + n])
+            done += n
+        self.size += done
+        return done
 
     def flush(self) -> None:
         self.raw.flush()

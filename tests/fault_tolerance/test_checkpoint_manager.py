@@ -248,3 +248,49 @@ def test_resume_at_another_dp_size_keeps_optimizer_state(tmp_path, zero_stage):
         np.testing.assert_array_equal(full[name][2], v, err_msg=name)
     assert all(np.isfinite(losses))
     assert not (tmp_path / "checkpoints" / ".universal").exists()  # the converted copy is removed
+
+
+def _real_disk_full(rank, world, run_dir):
+    import subprocess
+
+    import torch.distributed as dist
+
+    init_gloo(rank, world)
+    root = Path(run_dir) / "checkpoints"
+    mgr = CheckpointManager(CheckpointConfig(interval_steps=2), Path(run_dir))
+    eng = make_engine(1, hidden=512)
+    train_steps(eng, 2)
+    mgr.save(eng, 2, {"step": 2})
+    dist.barrier()
+    if rank == 0:  # shrink the file system: room for about half of another checkpoint
+        used = sum(p.stat().st_size for p in Path(run_dir).rglob("*") if p.is_file())
+        size_kb = (used + used // 2) // 1024 + 64
+        subprocess.run(["mount", "-o", f"remount,size={size_kb}k", run_dir], check=True)
+    dist.barrier()
+    train_steps(eng, 2)
+    err = None
+    try:
+        mgr.save(eng, 4, {"step": 4})
+    except CheckpointSaveError as e:
+        err = str(e)
+    names = [p.name for p in list_checkpoints(root)]
+    state = CheckpointManager(CheckpointConfig(), Path(run_dir)).resume(make_engine(1, hidden=512, seed=3))
+    return err, names, (root / "latest").read_text(), state["step"]
+
+
+def test_real_disk_full_on_a_small_tmpfs(tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "small_fs"
+    mnt.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode
+    ):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        for err, names, latest, step in run_ranks(2, _real_disk_full, str(mnt)):
+            assert err is not None and "No space left on device" in err
+            assert names == ["step_00000002"] and latest == "step_00000002" and step == 2
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

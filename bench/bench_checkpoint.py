@@ -1,0 +1,198 @@
+"""Checkpoint benchmarks (ratios measured in one run, interleaved, best of --repeats):
+
+  save   CheckpointManager.save bytes/s (DeepSpeed shards + hashes + fsync + manifest + COMPLETE + latest)
+         / a raw sequential write (+ fsync) of the same files' bytes to the same disk     target >= 0.7
+  resume time from process start to the first resumed step vs. to the first step of a fresh start,
+         and the verify+load part of it (a real 2-rank `python -m training` job, debug model)
+  preempt steps redone after SIGUSR1 + resume (target 0) and seconds from the signal to exit 75
+
+The save part runs a ZeRO-1 fp32 DeepSpeed engine around an MLP of --params parameters in one
+process (model states + fp32 master + two Adam moments: ~16 bytes per parameter on disk).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoint.py [--params 50e6] [--skip-jobs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.streaming_compat import ensure_streaming_importable  # noqa: E402
+
+ensure_streaming_importable()
+
+
+def _raw_write(files: list[tuple[str, int]], out: Path, chunk: bytes) -> float:
+    """Write the same file sizes with plain os.write from memory, fsync each; return seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for name, size in files:
+        fd = os.open(out / name.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            left = size
+            view = memoryview(chunk)
+            while left > 0:
+                left -= os.write(fd, view[: min(left, len(chunk))])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return time.perf_counter() - t0
+
+
+def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from tests.fault_tolerance.toy_engine import init_gloo
+    from training.checkpoint import CheckpointConfig, CheckpointManager
+
+    init_gloo(rank, world)
+    import deepspeed
+
+    width = 2048
+    layers = max(1, int(params // (width * width)))
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 1}, "steps_per_print": 1 << 30}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    loss = engine(torch.randn(1, width)).square().mean()
+    engine.backward(loss)
+    engine.step()  # Adam moments exist
+
+    run_dir = Path(workdir) / "run"
+    mgr = CheckpointManager(CheckpointConfig(keep_last=2), run_dir)
+    chunk = os.urandom(16 << 20)
+    save_t, raw_t, total = [], [], 0
+    files: list[tuple[str, int]] = []
+    for i in range(repeats):
+        for kind in ("save", "raw") if i % 2 == 0 else ("raw", "save"):  # alternate: the disk is shared
+            os.sync()
+            if kind == "save":
+                t0 = time.perf_counter()
+                path = mgr.save(engine, i + 1, {"step": i + 1})
+                save_t.append(time.perf_counter() - t0)
+                mf = json.loads((path / "MANIFEST.json").read_text())["files"]
+                files = [(k, v["size"]) for k, v in mf.items()]
+                total = sum(s for _, s in files)
+            elif files:
+                raw_dir = Path(workdir) / f"raw{i}"
+                raw_t.append(_raw_write(files, raw_dir, chunk))
+                shutil.rmtree(raw_dir)
+    # resume-side verification (sizes + hashes of every file)
+    t0 = time.perf_counter()
+    problems = mgr.verify(path)
+    verify_t = time.perf_counter() - t0
+    dist.barrier()
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "bytes": total,
+        "save_s": min(save_t),
+        "raw_s": min(raw_t),
+        "verify_s": verify_t,
+        "verify_ok": not problems,
+        "all_save_s": save_t,
+        "all_raw_s": raw_t,
+    }
+
+
+def _job_bench(workdir: Path) -> dict:
+    from tests.fault_tolerance.jobs import Job, logged_losses, make_data, overrides, run_id
+
+    data = make_data(workdir / "data")
+    out: dict = {}
+
+    def first_step_time(job: Job, step: int) -> float:
+        job.wait_for(rf"step {step}/", timeout=300)
+        return time.monotonic() - job.t0
+
+    # fresh start: time to the first step
+    fresh_dir = workdir / "fresh" / "run"
+    job = Job(
+        overrides(data, fresh_dir, **{"train.steps": 40, "checkpoint.interval_steps": 10}),
+        log_dir=workdir / "logs",
+    )
+    out["fresh_first_step_s"] = first_step_time(job, 1)
+    # preemption: SIGUSR1 at step >= 15, count redone steps after the resume
+    job.wait_for(r"step 15/", timeout=300)
+    t_sig = time.monotonic()
+    job.signal(1, signal.SIGUSR1)
+    codes = job.wait()
+    out["signal_to_exit_s"] = time.monotonic() - t_sig
+    out["preempt_exit_codes"] = codes
+    stopped = int((fresh_dir / "checkpoints" / "latest").read_text().split("_")[1])
+    # resume: time to the first resumed step, and the verify+load time the manager logs
+    job = Job(
+        overrides(data, fresh_dir, **{"train.steps": 40, "checkpoint.interval_steps": 10}),
+        log_dir=workdir / "logs",
+    )
+    out["resume_first_step_s"] = first_step_time(job, stopped + 1)
+    job.wait()
+    m = re.search(r"resumed from \S+ \(step \d+\) in ([0-9.]+)s", job.output(0))
+    out["resume_load_s"] = float(m.group(1)) if m else None
+    losses = logged_losses(fresh_dir.parent / "mlflow.db", run_id(fresh_dir))
+    out["preempted_at_step"] = stopped
+    out["steps_redone"] = sum(len(v) - 1 for v in losses.values())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--params", type=float, default=50e6, help="parameters of the save benchmark's model")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--dir", default="", help="work folder on the disk to measure (default: a temp dir in /tmp)"
+    )
+    ap.add_argument("--skip-jobs", action="store_true", help="only the save benchmark")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from tests.distributed import run_ranks
+
+    work = Path(tempfile.mkdtemp(prefix="bench_ckpt_", dir=args.dir or None))
+    try:
+        (r,) = run_ranks(1, _save_bench, args.params, args.repeats, str(work / "save"), timeout=1800)
+        ratio = r["raw_s"] / r["save_s"]
+        gb = r["bytes"] / 1e9
+        print(
+            f"save: {r['params'] / 1e6:.1f}M params, {gb:.2f} GB per checkpoint; "
+            f"save {gb / r['save_s']:.2f} GB/s ({r['save_s']:.2f} s) vs raw write {gb / r['raw_s']:.2f} GB/s "
+            f"({r['raw_s']:.2f} s): ratio {ratio:.2f} (target >= 0.7)"
+        )
+        print(
+            "  every repeat: save "
+            + " ".join(f"{t:.2f}" for t in r["all_save_s"])
+            + " s; raw "
+            + " ".join(f"{t:.2f}" for t in r["all_raw_s"])
+            + " s"
+        )
+        print(
+            f"verify on resume (sizes + xxh3-128 of every file): {r['verify_s']:.2f} s "
+            f"({gb / r['verify_s']:.2f} GB/s), ok={r['verify_ok']}"
+        )
+        if not args.skip_jobs:
+            j = _job_bench(work / "jobs")
+            print(
+                f"time to first step: fresh start {j['fresh_first_step_s']:.1f} s, resumed "
+                f"{j['resume_first_step_s']:.1f} s (verify + load {j['resume_load_s']} s); debug model, 2 ranks"
+            )
+            print(
+                f"preemption: SIGUSR1 at step 15 -> checkpoint at step {j['preempted_at_step']}, exit codes "
+                f"{j['preempt_exit_codes']} {j['signal_to_exit_s']:.1f} s after the signal; steps redone after "
+                f"resume: {j['steps_redone']}"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
