@@ -115,7 +115,7 @@ class Timing:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=1500)
+    ap.add_argument("--images", type=int, default=3000)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--text-mb", type=float, default=6.0)
     ap.add_argument("--repeats", type=int, default=3)
