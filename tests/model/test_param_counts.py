@@ -38,3 +38,28 @@ def test_cli_prints_counts(capsys):
     assert main(["gpt5"]) == USER_ERROR
     assert "unknown model preset" in capsys.readouterr().err
     assert main(["debug", "decoder.num_heads=5"]) == USER_ERROR
+
+
+def test_rank_memory_estimate():
+    from training.model.memory import rank_memory
+
+    cfg = model_config_from_preset("metalm-1.3b")
+    total = count_parameters(cfg)["total"]
+    one = rank_memory(cfg, tp=1, dp=1, zero=0, precision="bf16")
+    assert one.params == total
+    frozen_vit = 23 * (
+        4 * 1024 * 1024 + 4 * 1024 + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
+    )  # 23 of 24 layers
+    frozen_vit += 1024 * 3 * 14 * 14 + 1024 + 257 * 1024 + 2 * 1024  # patch embed, CLS, positions, ln_pre
+    assert one.trainable == total - frozen_vit
+    gib = 1024**3
+    assert one.weights_gib == pytest.approx(total * 2 / gib)
+    assert one.optimizer_gib == pytest.approx(one.trainable * 12 / gib)
+    tp2 = rank_memory(cfg, tp=2, dp=4, zero=1)
+    assert (
+        total / 2 < tp2.params < total * 0.51
+    )  # only LayerNorms, biases of row-parallel layers, connectors repeat
+    assert tp2.optimizer_gib == pytest.approx(tp2.trainable * 12 / 4 / gib)
+    z3 = rank_memory(cfg, tp=1, dp=8, zero=3)
+    assert z3.weights_gib == pytest.approx(total * 2 / 8 / gib)
+    assert main(["metalm-1.3b", "--tp", "2", "--zero", "3"]) == USER_ERROR

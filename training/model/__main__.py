@@ -1,4 +1,7 @@
-"""`python -m training.model PRESET [key=value ...]`: parameter counts per component (meta device, no memory)."""
+"""`python -m training.model PRESET [key=value ...] [--tp N --dp N --zero S --precision P]`.
+
+Parameter counts per component and the model-state memory of one rank for a layout (meta device:
+nothing is allocated)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ def _parse_value(v: str):
 
 def main(argv: list[str] | None = None) -> int:
     from training.model.config import PRESETS, model_config_from_preset
+    from training.model.memory import rank_memory
     from training.model.metalm import count_parameters
 
     ap = argparse.ArgumentParser(
@@ -27,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
     ap.add_argument(
         "overrides", nargs="*", help="model settings, e.g. vocab_size=32000 decoder.num_layers=12"
+    )
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size for the per-rank estimate")
+    ap.add_argument("--dp", type=int, default=1, help="data-parallel size for the per-rank estimate")
+    ap.add_argument("--zero", type=int, default=1, choices=[0, 1, 2, 3], help="ZeRO stage (default 1)")
+    ap.add_argument(
+        "--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="training precision"
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -38,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
             k, v = o.split("=", 1)
             overrides[k] = _parse_value(v)
         cfg = model_config_from_preset(args.preset, **overrides)
-        cfg.validate()
+        cfg.validate(tp=args.tp)
+        if args.zero == 3 and args.tp > 1:
+            raise UserError(
+                "ZeRO-3 works only with tp=1 (DeepSpeed has no TP + ZeRO-3 training): use --zero 2"
+            )
         counts = count_parameters(cfg)
+        mem = rank_memory(cfg, args.tp, args.dp, args.zero, args.precision)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR
@@ -49,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for k, v in counts.items():
         print(f"  {k:<15} {v:>15,d}  ({v / 1e6:,.1f}M)")
+    print(
+        f"one rank at tp={args.tp} dp={args.dp} ZeRO-{args.zero} {args.precision}: {mem.params / 1e6:,.1f}M parameters "
+        f"({mem.trainable / 1e6:,.1f}M trainable); model states {mem.total_gib:.2f} GiB = weights "
+        f"{mem.weights_gib:.2f} + grads {mem.grads_gib:.2f} + optimizer {mem.optimizer_gib:.2f} (activations extra)"
+    )
     return 0
 
 
