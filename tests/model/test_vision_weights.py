@@ -104,3 +104,43 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     junk = model_config_from_preset("debug", **{"vision_encoder.weights_path": str(tmp_path / "junk.pt")})
     with pytest.raises(UserError, match="cannot read vision weights"):
         MetaLM(junk, Topology.single_process())
+
+
+def _clip_parity(rank, world, path, images):
+    from parallel import ParallelConfig, destroy_distributed, init_distributed
+
+    topo = init_distributed(ParallelConfig(tp=world))
+    cfg = model_config_from_preset("debug", **VIT, **{"vision_encoder.weights_path": path})
+    model = MetaLM(cfg, topo).eval()
+    with torch.no_grad():
+        out = model.vision_encoder(torch.from_numpy(images)).numpy()
+    destroy_distributed()
+    return out
+
+
+def test_hf_clip_vision_weights_give_the_same_features(tmp_path):
+    """A real (tiny, random) HF CLIPVisionModel: our ViT with its weights computes its features, at TP=2."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        hidden_act="quick_gelu",
+    )
+    hf = transformers.CLIPVisionModel(hf_cfg).eval()
+    with torch.no_grad():  # CLIP's init leaves LayerNorms at 1/0: randomize so the test sees them
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    path = str(tmp_path / "clip_vision.safetensors")
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, path)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf.vision_model.post_layernorm(hf(pixel_values=images).last_hidden_state)
+    outs = run_ranks(2, _clip_parity, path, images.numpy())
+    for out in outs:
+        torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-4, atol=1e-5)
