@@ -71,6 +71,11 @@ class SbatchOptions:
             p.append(f"--time {self.time!r}: use SLURM's format, e.g. 30:00, 24:00:00 or 2-00:00:00")
         if self.launcher not in LAUNCHERS:
             p.append(f"--launcher {self.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+        if self.launcher == "deepspeed" and self.procs_per_node > (self.cpus_per_task or 1):
+            p.append(
+                f"--launcher deepspeed starts {self.procs_per_node} srun tasks per node inside a one-task-per-node "
+                f"allocation: set --cpus-per-task >= {self.procs_per_node}"
+            )
         if self.signal_lead_s < 1:
             p.append(f"--signal-lead {self.signal_lead_s}: must be >= 1 second")
         if self.shutdown_timeout_s < 1:

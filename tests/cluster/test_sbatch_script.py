@@ -102,6 +102,7 @@ def test_train_args_survive_quoting(tmp_path):
         ({"partition": "gpu; rm -rf /"}, "--partition"),
         ({"extra_sbatch": ["constraint=h100"]}, "--sbatch"),
         ({"gpus_per_node": -1, "signal_lead_s": 0}, "2 problem"),
+        ({"launcher": "deepspeed", "gpus_per_node": 8}, "--cpus-per-task >= 8"),
     ],
 )
 def test_bad_options_are_user_errors(tmp_path, kw, message):

@@ -1,7 +1,8 @@
 """The debug training through `./launch.sh slurm` on a real SLURM: munged + slurmctld + two slurmd.
 
-1. `--nodes 2`: one torchrun per node, c10d rendezvous across them (TP=2 spans the two nodes);
-   the job completes, the checkpoint is committed, the MLflow run is there.
+1. `--nodes 2`: one torchrun per node, c10d rendezvous across them (TP=2 spans the two nodes), or
+   the deepspeed launcher with `--launcher slurm`; the job completes, the checkpoint is committed,
+   the MLflow run is there.
 2. Preemption: `scancel --signal=USR1 --batch` (what `--signal=B:USR1@N` does at the time limit)
    -> the batch shell forwards it -> the ranks save and exit 75 -> `scontrol requeue` -> the job
    runs again (SLURM_RESTART_COUNT=1), resumes from `latest` and finishes, with the step count
@@ -76,12 +77,12 @@ def batch_log(run_dir: Path, job_id: str) -> str:
     return p.read_text() if p.exists() else "(no batch log)"
 
 
-def test_two_node_job_trains_checkpoints_and_tracks(slurm_cluster, debug_data, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_node_job_trains_checkpoints_and_tracks(slurm_cluster, debug_data, tmp_path, launcher):
     run_dir = tmp_path / "run"
     steps = 3
-    job = submit(
-        slurm_cluster, train_overrides(debug_data, run_dir, steps=steps, tp=2, dp=1, ckpt_every=steps)
-    )
+    overrides = train_overrides(debug_data, run_dir, steps=steps, tp=2, dp=1, ckpt_every=steps)
+    job = submit(slurm_cluster, overrides, "--launcher", launcher)
     info = wait_job(slurm_cluster, job, timeout=400)
     log = batch_log(run_dir, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{log}"
@@ -89,7 +90,11 @@ def test_two_node_job_trains_checkpoints_and_tracks(slurm_cluster, debug_data, t
     assert "nodes n[1-2], head n1, rendezvous 127.0.0.1:" in log
     attempt = run_dir / "logs" / f"slurm-{job}" / "restart-0"
     assert read_exit_codes(attempt / "exit") == {0: 0, 1: 0}
-    assert (attempt / "node-0.log").is_file() and (attempt / "node-1.log").is_file()  # one launcher per node
+    if launcher == "torchrun":  # one torchrun per node, its output in node-<N>.log
+        assert (attempt / "node-0.log").is_file() and (attempt / "node-1.log").is_file()
+    else:  # DeepSpeed's srun started each rank; a hostfile was made from SLURM_JOB_NODELIST
+        assert (attempt / "rank-0.log").is_file() and (attempt / "rank-1.log").is_file()
+        assert (attempt / "hostfile").read_text() == "n1 slots=1\nn2 slots=1\n"
     _, state = latest_checkpoint(run_dir)
     assert state["step"] == steps and state["parallel"] == {"tp": 2, "dp": 1, "world": 2}
     run = mlflow_run(_tracking_uri(run_dir), state["mlflow_run_id"])
