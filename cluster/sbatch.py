@@ -129,6 +129,7 @@ def render_sbatch(opts: SbatchOptions, job: TrainingJob, run_dir: Path, workdir:
         "workdir": str(Path(workdir).resolve()),
         "run_dir": shlex.quote(str(run_dir)),
         "python": shlex.quote(python),
+        "repo": shlex.quote(str(Path(__file__).resolve().parent.parent)),
         "nproc_per_node": str(opts.procs_per_node),
         "launcher": opts.launcher,
         "max_requeues": str(opts.max_requeues),
