@@ -109,9 +109,9 @@ class Job:
 
 
 def run(
-    args: list[str], log_dir: Path, env: dict | None = None, timeout: float = 240
+    args: list[str], log_dir: Path, env: dict | None = None, timeout: float = 240, nproc: int = 2
 ) -> tuple[list[int], str]:
-    job = Job(args, env=env, log_dir=log_dir)
+    job = Job(args, nproc=nproc, env=env, log_dir=log_dir)
     codes = job.wait(timeout)
     return codes, job.output(0)
 
@@ -120,12 +120,12 @@ def run_id(run_dir: Path) -> str:
     return json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
 
 
-def logged_losses(db: Path, run: str) -> dict[int, list[float]]:
-    """Every loss value MLflow holds for `run`, by step (a step redone after a resume appears twice)."""
+def logged_losses(db: Path, run: str, key: str = "loss") -> dict[int, list[float]]:
+    """Every `key` value MLflow holds for `run`, by step (a step redone after a resume appears twice)."""
     with sqlite3.connect(db) as con:
         rows = con.execute(
-            "SELECT step, value, is_nan FROM metrics WHERE run_uuid=? AND key='loss' ORDER BY timestamp",
-            (run,),
+            "SELECT step, value, is_nan FROM metrics WHERE run_uuid=? AND key=? ORDER BY timestamp",
+            (run, key),
         ).fetchall()
     out: dict[int, list[float]] = {}
     for step, value, is_nan in rows:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import math
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from common import exit_codes
-from tests.fault_tolerance.jobs import Job, logged_losses, make_data, overrides, run, run_id
+from tests.fault_tolerance.jobs import REPO, Job, logged_losses, make_data, overrides, run, run_id
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +31,21 @@ def _latest(run_dir: Path) -> str:
     return (run_dir / "checkpoints" / "latest").read_text()
 
 
-def test_crash_while_saving_then_preemption_then_resume_is_exact(data, tmp_path):
-    """TP=2 x DP=1, ZeRO-1: straight 12 steps == (crash in checkpoint 8) + (SIGUSR1) + (resume to 12)."""
-    straight_dir, dir_ = tmp_path / "a" / "run", tmp_path / "b" / "run"
-    codes, out = run(overrides(data, straight_dir), tmp_path / "logs")
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """An uninterrupted TP=2 x DP=1 ZeRO-1 run of 12 steps (validation loss at the end)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    run_dir = tmp / "run"
+    codes, out = run(overrides(data, run_dir, **{"eval.batches": 2}), tmp / "logs")
     assert codes == [0, 0], out[-3000:]
-    straight = logged_losses(straight_dir.parent / "mlflow.db", run_id(straight_dir))
+    db = run_dir.parent / "mlflow.db"
+    return run_dir, logged_losses(db, run_id(run_dir)), logged_losses(db, run_id(run_dir), "val_loss")[12][0]
+
+
+def test_crash_while_saving_then_preemption_then_resume_is_exact(data, straight, tmp_path):
+    """TP=2 x DP=1, ZeRO-1: straight 12 steps == (crash in checkpoint 8) + (SIGUSR1) + (resume to 12)."""
+    straight_dir, straight, _ = straight
+    dir_ = tmp_path / "b" / "run"
     assert sorted(straight) == list(range(1, 13))
 
     # 1. every rank is SIGKILLed after writing the shards of checkpoint 8, before the commit
@@ -136,3 +147,45 @@ def test_hung_rank_is_detected_by_the_watchdog(data, tmp_path):
     dump = (dir_ / "hangs" / "rank1.txt").read_text()
     assert "last completed step: 2" in dump and "in stall" in dump
     assert (dir_ / "hangs" / "rank0.txt").is_file()
+
+
+def test_export_then_start_at_another_tp(data, straight, tmp_path):
+    """Export the TP=2 run's last checkpoint; a TP=1 run started from it has the same validation loss (1e-5)."""
+    straight_dir, _, val_loss = straight
+    out = tmp_path / "export" / "metalm.safetensors"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.export",
+            "--checkpoint",
+            str(straight_dir / "checkpoints" / "step_00000012"),
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out.parent / "config.yaml").is_file() and (out.parent / "tokenizer").is_dir()
+    dir_ = tmp_path / "run"
+    # one process, TP=1: the same validation batches; lr ~0 so the one training step leaves the weights
+    ov = overrides(
+        data,
+        dir_,
+        **{
+            "parallel.tp": 1,
+            "checkpoint.load_weights_from": out,
+            "optim.lr": 1e-12,
+            "train.steps": 1,
+            "checkpoint.interval_steps": 0,
+            "eval.batches": 2,
+        },
+    )
+    codes, log = run(ov, tmp_path / "logs", nproc=1)
+    assert codes == [0], log[-3000:]
+    assert "initialized weights from" in log
+    val = logged_losses(dir_.parent / "mlflow.db", run_id(dir_), "val_loss")[1][0]
+    assert val == pytest.approx(val_loss, abs=1e-5)
