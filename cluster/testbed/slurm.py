@@ -79,6 +79,8 @@ class LocalSlurm:
 
     # ---- configuration -------------------------------------------------------------------
     def _write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # munged runs as the munge user and must reach its socket folder
         for sub in ("state", "spool", "run", "log", "munge"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         for n in self.nodes:
