@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from common import exit_codes
 from common.errors import UserError
@@ -71,7 +71,9 @@ def prepare(config: str | None, overrides: list[str]):
 def write_run_files(trainer) -> None:
     """Rank 0: the resolved config (+ hash) and the DeepSpeed config in the run folder."""
     run_dir = trainer.run_dir
-    (run_dir / "config.yaml").write_text(f"# resolved config, hash {trainer.cfg.hash()}\n" + trainer.cfg.to_yaml())
+    (run_dir / "config.yaml").write_text(
+        f"# resolved config, hash {trainer.cfg.hash()}\n" + trainer.cfg.to_yaml()
+    )
     (run_dir / "ds_config.json").write_text(json.dumps(trainer.ds_config, indent=1))
 
 
@@ -114,6 +116,11 @@ def run_with_trainer(config: str | None, overrides: list[str], fn: Callable, nam
         log.debug("process groups destroyed")
 
 
+def add_launcher_args(p: argparse.ArgumentParser) -> None:
+    """The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment is what we read."""
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
 def _record(fn):
     """torch elastic's @record: a failing rank's traceback goes to the launcher's error file."""
     try:
@@ -127,9 +134,14 @@ def _record(fn):
 @_record
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training", description="Train MetaLM (see README: Training).")
-    p.add_argument("--config", help="YAML config file (configs/debug.yaml, configs/small.yaml, configs/metalm-1.3b.yaml)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100 parallel.tp=2")
+    p.add_argument(
+        "--config", help="YAML config file (configs/debug.yaml, configs/small.yaml, configs/metalm-1.3b.yaml)"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100 parallel.tp=2"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_launcher_args(p)
     args = p.parse_args(argv)
     if args.print_config:
         from training.config import load_config

@@ -28,16 +28,23 @@ from training import config_io
 from training.checkpoint import CheckpointConfig
 from training.model.config import ModelConfig, model_config_from_preset
 
+
 @dataclass
 class StreamConfig:
-    path: str = ""  # MDS shard directory written by `python -m data_prep pairs|text` (index.json + stats.json)
-    proportion: float | None = None  # share of training samples drawn from this stream (train streams; null = by size)
+    path: str = (
+        ""  # MDS shard directory written by `python -m data_prep pairs|text` (index.json + stats.json)
+    )
+    proportion: float | None = (
+        None  # share of training samples drawn from this stream (train streams; null = by size)
+    )
 
 
 @dataclass
 class DataConfig:
     tokenizer: str = "data/tokenizer"  # tokenizer dir written by `python -m data_prep tokenizer`
-    train: list[StreamConfig] = field(default_factory=list)  # training streams (image-text and/or text shards)
+    train: list[StreamConfig] = field(
+        default_factory=list
+    )  # training streams (image-text and/or text shards)
     val: list[StreamConfig] = field(default_factory=list)  # held-out streams for validation loss and captions
     span_min_len: int = 64  # shortest non-causal text span (tokens)
     span_max_len: int = 128  # longest non-causal text span (tokens; <= model span_max_len - 1)
@@ -45,9 +52,15 @@ class DataConfig:
     num_workers: int = 1  # DataLoader worker processes per rank (JPEG decode, span sampling, collation)
     shuffle: bool = True  # shuffle training samples (streaming's deterministic, resumable shuffle)
     shuffle_seed: int = 9176  # seed of the sample order and of span sampling
-    batching: Literal["random", "per_stream"] = "random"  # streaming batching_method (per_stream: one stream per batch)
-    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])  # RGB mean (CLIP)
-    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])  # RGB std (CLIP)
+    batching: Literal["random", "per_stream"] = (
+        "random"  # streaming batching_method (per_stream: one stream per batch)
+    )
+    image_mean: list[float] = field(
+        default_factory=lambda: [0.48145466, 0.4578275, 0.40821073]
+    )  # RGB mean (CLIP)
+    image_std: list[float] = field(
+        default_factory=lambda: [0.26862954, 0.26130258, 0.27577711]
+    )  # RGB std (CLIP)
 
 
 @dataclass
@@ -61,7 +74,9 @@ class OptimConfig:
     beta2: float = 0.98  # AdamW beta2 (paper: 0.98)
     eps: float = 1e-6  # AdamW epsilon
     grad_clip: float = 1.0  # global gradient-norm clipping (0 = off)
-    fused: Literal["auto", "never"] = "auto"  # auto: DeepSpeed FusedAdam on GPU when it loads, torch AdamW otherwise
+    fused: Literal["auto", "never"] = (
+        "auto"  # auto: DeepSpeed FusedAdam on GPU when it loads, torch AdamW otherwise
+    )
 
 
 @dataclass
@@ -83,7 +98,9 @@ class TrainConfig:
 class EvalConfig:
     interval_steps: int = 500  # validation loss every N steps (0 = off; also run at the end)
     batches: int = 8  # validation micro-batches per rank per evaluation
-    caption_interval_steps: int = 0  # log generated captions for held-out images every N steps (0 = only at the end)
+    caption_interval_steps: int = (
+        0  # log generated captions for held-out images every N steps (0 = only at the end)
+    )
     caption_samples: int = 4  # held-out images captioned each time
     caption_max_new_tokens: int = 24  # generation length limit
 
@@ -98,7 +115,9 @@ class TrackingConfig:
 
 @dataclass
 class TrainingConfig:
-    model: ModelConfig = field(default_factory=lambda: model_config_from_preset("debug"))  # preset + overrides
+    model: ModelConfig = field(
+        default_factory=lambda: model_config_from_preset("debug")
+    )  # preset + overrides
     data: DataConfig = field(default_factory=DataConfig)  # streams, spans, loader
     optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW + schedule
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # TP size, backend, seed
@@ -112,7 +131,9 @@ class TrainingConfig:
         return max(1, world_size // max(1, self.parallel.tp))
 
     def grad_accum_steps(self, world_size: int) -> int:
-        return max(1, self.train.global_batch_size // (self.train.micro_batch_size * self.dp_size(world_size)))
+        return max(
+            1, self.train.global_batch_size // (self.train.micro_batch_size * self.dp_size(world_size))
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -172,7 +193,9 @@ class TrainingConfig:
             p.append(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
         d = self.data
         if not 1 <= d.span_min_len <= d.span_max_len:
-            p.append(f"data.span_min_len={d.span_min_len} / span_max_len={d.span_max_len}: need 1 <= min <= max")
+            p.append(
+                f"data.span_min_len={d.span_min_len} / span_max_len={d.span_max_len}: need 1 <= min <= max"
+            )
         if d.span_max_len + 1 > self.model.span_max_len:
             p.append(
                 f"data.span_max_len={d.span_max_len} does not fit the language encoder (model span_max_len="
@@ -215,7 +238,9 @@ def _precision_problems(precision: str) -> list[str]:
 
     if torch.cuda.is_available():
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            return ["train.precision=bf16: this GPU has no bf16; use train.precision=fp16 (loss scaling) or fp32"]
+            return [
+                "train.precision=bf16: this GPU has no bf16; use train.precision=fp16 (loss scaling) or fp32"
+            ]
         return []
     from deepspeed.accelerator import get_accelerator
 
@@ -276,7 +301,9 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
                     "data.tokenizer at the one they were built with"
                 )
             elif tok is not None and tmeta.get("vocab_size") not in (None, tok.vocab_size):
-                p.append(f"{where}: shard vocab_size {tmeta.get('vocab_size')} != tokenizer's {tok.vocab_size}")
+                p.append(
+                    f"{where}: shard vocab_size {tmeta.get('vocab_size')} != tokenizer's {tok.vocab_size}"
+                )
             if kind == "pairs" and meta.get("image_size") not in (None, m.image_size):
                 p.append(
                     f"{where} holds {meta.get('image_size')} px images but the model expects {m.image_size} px; "
@@ -285,7 +312,9 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
             elif kind == "pairs":
                 # <s> <image> [K] </image> + caption + </s> must fit
                 if m.image_slots + 4 >= m.max_seq_len:
-                    p.append(f"model.max_seq_len={m.max_seq_len} cannot hold an image ({m.image_slots} slots) and a caption")
+                    p.append(
+                        f"model.max_seq_len={m.max_seq_len} cannot hold an image ({m.image_slots} slots) and a caption"
+                    )
             elif kind == "text":
                 if meta.get("seq_len", 0) - 1 > m.max_seq_len:
                     p.append(
@@ -298,6 +327,7 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
 
 
 # ---- loading -------------------------------------------------------------------------------
+
 
 def _resolve_model(raw: Any, problems: list[str], tp: int, tokenizer_dir: str | None) -> ModelConfig:
     raw = dict(raw or {})

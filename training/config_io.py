@@ -160,8 +160,10 @@ def coerce(tp: Any, value: Any, where: str, problems: list[str], default: Any = 
             return default
         item_t = args[0] if args else Any
         defaults = default if isinstance(default, (list, tuple)) else []
-        items = [coerce(item_t, v, f"{where}.{i}", problems, defaults[i] if i < len(defaults) else None)
-                 for i, v in enumerate(value)]
+        items = [
+            coerce(item_t, v, f"{where}.{i}", problems, defaults[i] if i < len(defaults) else None)
+            for i, v in enumerate(value)
+        ]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -182,7 +184,11 @@ def coerce(tp: Any, value: Any, where: str, problems: list[str], default: Any = 
             return int(value)
         if isinstance(value, str):
             try:
-                return int(float(value)) if float(value).is_integer() else _fail(problems, where, value, tp, default)
+                return (
+                    int(float(value))
+                    if float(value).is_integer()
+                    else _fail(problems, where, value, tp, default)
+                )
             except ValueError:
                 pass
         return _fail(problems, where, value, tp, default)

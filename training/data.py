@@ -57,10 +57,17 @@ class RowSpec:
 
     @classmethod
     def from_configs(cls, data_cfg, model_cfg) -> RowSpec:
-        return cls(slots=model_cfg.image_slots, image_size=model_cfg.image_size, max_seq_len=model_cfg.max_seq_len,
-                   span_min_len=data_cfg.span_min_len, span_max_len=data_cfg.span_max_len,
-                   span_fraction=data_cfg.span_fraction, seed=data_cfg.shuffle_seed,
-                   image_mean=tuple(data_cfg.image_mean), image_std=tuple(data_cfg.image_std))
+        return cls(
+            slots=model_cfg.image_slots,
+            image_size=model_cfg.image_size,
+            max_seq_len=model_cfg.max_seq_len,
+            span_min_len=data_cfg.span_min_len,
+            span_max_len=data_cfg.span_max_len,
+            span_fraction=data_cfg.span_fraction,
+            seed=data_cfg.shuffle_seed,
+            image_mean=tuple(data_cfg.image_mean),
+            image_std=tuple(data_cfg.image_std),
+        )
 
 
 def decode_image(data: Any, spec: RowSpec) -> torch.Tensor:
@@ -79,12 +86,21 @@ def sample_to_row(sample: dict, sample_id: int, epoch: int, spec: RowSpec) -> se
     if "tokens" in sample:
         rng = semicausal.span_rng(spec.seed, epoch, sample_id)
         starts = sample.get("doc_starts", np.zeros(1, dtype=np.int32))
-        return semicausal.text_row(np.asarray(sample["tokens"])[: spec.max_seq_len + 1], starts, rng,
-                                   spec.span_min_len, spec.span_max_len, spec.span_fraction)
+        return semicausal.text_row(
+            np.asarray(sample["tokens"])[: spec.max_seq_len + 1],
+            starts,
+            rng,
+            spec.span_min_len,
+            spec.span_max_len,
+            spec.span_fraction,
+        )
     if "caption_ids" in sample:
-        return semicausal.pair_row(sample["caption_ids"], decode_image(sample["image"], spec), spec.slots,
-                                   spec.max_seq_len)
-    raise ValueError(f"shard sample {sample_id} has neither 'tokens' nor 'caption_ids' (columns: {sorted(sample)})")
+        return semicausal.pair_row(
+            sample["caption_ids"], decode_image(sample["image"], spec), spec.slots, spec.max_seq_len
+        )
+    raise ValueError(
+        f"shard sample {sample_id} has neither 'tokens' nor 'caption_ids' (columns: {sorted(sample)})"
+    )
 
 
 class SemiCausalDataset(StreamingDataset):
@@ -128,7 +144,10 @@ class BatchLoader(StreamingDataLoader):
 
 def build_loader(data_cfg, model_cfg, topology, micro_batch_size: int, split: str = "train") -> BatchLoader:
     """The loader for `split` ("train" or "val") on this rank; identical samples across one TP group."""
-    if topology.rank // topology.tp_size != topology.dp_rank or topology.rank % topology.tp_size != topology.tp_rank:
+    if (
+        topology.rank // topology.tp_size != topology.dp_rank
+        or topology.rank % topology.tp_size != topology.tp_rank
+    ):
         raise RuntimeError(
             "data sharding assumes TP groups of consecutive global ranks (Megatron order); got rank "
             f"{topology.rank} tp_rank {topology.tp_rank} dp_rank {topology.dp_rank}"
@@ -138,15 +157,25 @@ def build_loader(data_cfg, model_cfg, topology, micro_batch_size: int, split: st
     spec = RowSpec.from_configs(data_cfg, model_cfg)
     train = split == "train"
     ds = SemiCausalDataset(
-        spec=spec, streams=streams, batch_size=micro_batch_size, shuffle=train and data_cfg.shuffle,
-        shuffle_seed=data_cfg.shuffle_seed, batching_method=data_cfg.batching if train else "random",
+        spec=spec,
+        streams=streams,
+        batch_size=micro_batch_size,
+        shuffle=train and data_cfg.shuffle,
+        shuffle_seed=data_cfg.shuffle_seed,
+        batching_method=data_cfg.batching if train else "random",
         replication=topology.tp_size if topology.tp_size > 1 else None,
         allow_unsafe_types=False,
     )
     workers = data_cfg.num_workers
-    return BatchLoader(ds, batch_size=micro_batch_size, collate_fn=Collator(spec), num_workers=workers,
-                       persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
-                       drop_last=True)
+    return BatchLoader(
+        ds,
+        batch_size=micro_batch_size,
+        collate_fn=Collator(spec),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        drop_last=True,
+    )
 
 
 def clean_stale_shared_memory() -> None:

@@ -36,7 +36,9 @@ def batch_flops(model_cfg, batch: Batch) -> float:
     return flops
 
 
-def sample_flops_estimate(model_cfg, seq_len: int, images_per_sample: float = 1.0, span_tokens: int = 0) -> float:
+def sample_flops_estimate(
+    model_cfg, seq_len: int, images_per_sample: float = 1.0, span_tokens: int = 0
+) -> float:
     """FLOPs of forward+backward for one sample of `seq_len` decoder tokens (planning / benchmark estimates)."""
     d, t, v = model_cfg.decoder, model_cfg.text_encoder, model_cfg.vision_encoder
     vocab = model_cfg.padded_vocab_size() if hasattr(model_cfg, "padded_vocab_size") else model_cfg.vocab_size

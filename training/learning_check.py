@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 def held_out_pairs(cfg, n: int) -> list[dict]:
     """The first n image-text samples of the first `pairs` val stream: decoded image, caption ids, text."""
-    from data_prep.shard_meta import read_shard_meta
     from streaming.base.local import LocalDataset
 
+    from data_prep.shard_meta import read_shard_meta
     from training.data import RowSpec, decode_image
 
     spec = RowSpec.from_configs(cfg.data, cfg.model)
@@ -39,8 +39,14 @@ def held_out_pairs(cfg, n: int) -> list[dict]:
         out = []
         for i in range(min(n, len(ds))):
             x = ds[i]
-            out.append({"image": decode_image(x["image"], spec), "caption_ids": x["caption_ids"],
-                        "caption": x["caption"], "key": x["key"]})
+            out.append(
+                {
+                    "image": decode_image(x["image"], spec),
+                    "caption_ids": x["caption_ids"],
+                    "caption": x["caption"],
+                    "key": x["key"],
+                }
+            )
         return out
     return []
 
@@ -65,53 +71,78 @@ def caption_loss_gap(model, cfg, pairs: list[dict], batch_size: int, device, dty
         shuf_sum += float(model(batch, reduction="sum"))
         tokens += batch.num_loss_tokens()
     true_loss, shuf_loss = true_sum / max(tokens, 1), shuf_sum / max(tokens, 1)
-    return {"pairs": len(pairs), "caption_tokens": int(tokens), "true_image_loss": true_loss,
-            "shuffled_image_loss": shuf_loss, "gap": shuf_loss - true_loss}
+    return {
+        "pairs": len(pairs),
+        "caption_tokens": int(tokens),
+        "true_image_loss": true_loss,
+        "shuffled_image_loss": shuf_loss,
+        "gap": shuf_loss - true_loss,
+    }
 
 
 def report(r: dict, min_gap: float, step: int) -> str:
     verdict = "PASS" if r["gap"] >= min_gap else "FAIL"
-    return (f"learning check at step {step} on {r['pairs']} held-out pairs ({r['caption_tokens']} caption tokens):\n"
-            f"  caption loss with the true image:   {r['true_image_loss']:.4f} nats/token\n"
-            f"  caption loss with shuffled images:  {r['shuffled_image_loss']:.4f} nats/token\n"
-            f"  gap: {r['gap']:.4f} nats/token (required >= {min_gap}): {verdict}")
+    return (
+        f"learning check at step {step} on {r['pairs']} held-out pairs ({r['caption_tokens']} caption tokens):\n"
+        f"  caption loss with the true image:   {r['true_image_loss']:.4f} nats/token\n"
+        f"  caption loss with shuffled images:  {r['shuffled_image_loss']:.4f} nats/token\n"
+        f"  gap: {r['gap']:.4f} nats/token (required >= {min_gap}): {verdict}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.__main__ import run_with_trainer
+    from training.__main__ import add_launcher_args, run_with_trainer
 
-    p = argparse.ArgumentParser(prog="python -m training.learning_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m training.learning_check", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--config", required=True, help="the run's resolved config (RUN_DIR/config.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--pairs", type=int, default=256, help="held-out pairs to score (default 256)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass")
     p.add_argument("--min-gap", type=float, default=0.5, help="required gap in nats per caption token")
     p.add_argument("--captions", type=int, default=8, help="held-out images to caption and print")
+    add_launcher_args(p)
     args = p.parse_args(argv)
 
     def check(trainer) -> int:
         if trainer.ckpt.loaded_path is None:
-            raise UserError(f"no checkpoint under {trainer.run_dir / 'checkpoints'}: train first "
-                            "(python -m training --config ...)")
+            raise UserError(
+                f"no checkpoint under {trainer.run_dir / 'checkpoints'}: train first "
+                "(python -m training --config ...)"
+            )
         cfg = trainer.cfg
         pairs = held_out_pairs(cfg, args.pairs)
         if len(pairs) < 2:
             raise UserError("the learning check needs a `pairs` stream with >= 2 samples in data.val")
-        r = caption_loss_gap(trainer.engine.module, cfg, pairs, args.batch_size, trainer.topo.device, trainer.dtype)
+        r = caption_loss_gap(
+            trainer.engine.module, cfg, pairs, args.batch_size, trainer.topo.device, trainer.dtype
+        )
         r.update(step=trainer.step, min_gap=args.min_gap, passed=r["gap"] >= args.min_gap)
         samples = trainer.caption_samples(args.captions) if args.captions > 0 else []
         if trainer.topo.rank == 0:
             from data_prep.tokenizer import load_tokenizer
 
             tok = load_tokenizer(cfg.data.tokenizer)
-            caps = [f"  {s['key']}  true: {s['true']!r:<44} generated: {tok.decode(s['ids'])!r}" for s in samples]
-            r["captions"] = [{"key": s["key"], "true": s["true"], "generated": tok.decode(s["ids"])} for s in samples]
-            text = "generated captions for held-out images:\n" + "\n".join(caps) + "\n" + report(r, args.min_gap, trainer.step)
+            caps = [
+                f"  {s['key']}  true: {s['true']!r:<44} generated: {tok.decode(s['ids'])!r}" for s in samples
+            ]
+            r["captions"] = [
+                {"key": s["key"], "true": s["true"], "generated": tok.decode(s["ids"])} for s in samples
+            ]
+            text = (
+                "generated captions for held-out images:\n"
+                + "\n".join(caps)
+                + "\n"
+                + report(r, args.min_gap, trainer.step)
+            )
             print(text, flush=True)
             (trainer.run_dir / "learning_check.json").write_text(json.dumps(r, indent=1))
             trainer.start_tracking()
-            trainer.tracker.log_metrics({f"learning_check/{k}": r[k] for k in
-                                         ("true_image_loss", "shuffled_image_loss", "gap")}, trainer.step)
+            trainer.tracker.log_metrics(
+                {f"learning_check/{k}": r[k] for k in ("true_image_loss", "shuffled_image_loss", "gap")},
+                trainer.step,
+            )
             trainer.tracker.log_text(text, "learning_check.txt")
             trainer.tracker.finish("FINISHED")
         return exit_codes.OK if r["passed"] else exit_codes.FAILURE

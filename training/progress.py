@@ -34,9 +34,12 @@ class Progress:
     def line(self, step: int) -> str:
         step_time = self.mean("step_time") or 0.0
         # loss averaged over the window: consecutive batches differ a lot (image-text vs. text batches)
-        parts = [f"step {step}/{self.total}", f"loss {self.mean('loss'):.4f}" if self.rows else "loss -",
-                 f"lr {self.rows[-1]['lr']:.2e}" if self.rows else "",
-                 f"{(self.mean('tokens_per_s') or 0):,.0f} tok/s"]
+        parts = [
+            f"step {step}/{self.total}",
+            f"loss {self.mean('loss'):.4f}" if self.rows else "loss -",
+            f"lr {self.rows[-1]['lr']:.2e}" if self.rows else "",
+            f"{(self.mean('tokens_per_s') or 0):,.0f} tok/s",
+        ]
         mfu = self.mean("mfu")
         if mfu is not None:
             parts.append(f"mfu {mfu:.2f}")

@@ -71,8 +71,14 @@ def sample_spans(
     return sorted(spans)
 
 
-def text_row(tokens: np.ndarray, doc_starts: np.ndarray, spans_rng: np.random.Generator,
-             min_len: int, max_len: int, fraction: float) -> Row:
+def text_row(
+    tokens: np.ndarray,
+    doc_starts: np.ndarray,
+    spans_rng: np.random.Generator,
+    min_len: int,
+    max_len: int,
+    fraction: float,
+) -> Row:
     """A packed text sample -> row with non-causal spans (input positions 0..n-2)."""
     seq = np.asarray(tokens, dtype=np.int64)
     n_in = len(seq) - 1
@@ -87,7 +93,9 @@ def pair_row(caption_ids: np.ndarray, image: torch.Tensor, slots: int, max_seq_l
     """Image-text sample -> `<s> <image> [K slots] </image> caption </s>` row (caption truncated to fit)."""
     room = max_seq_len + 1 - (slots + 4)  # n = slots + 4 + caption, input length n-1 <= max_seq_len
     cap = np.asarray(caption_ids, dtype=np.int64)[: max(0, room)]
-    seq = np.concatenate([[BOS_ID, IMAGE_ID], np.full(slots, PAD_ID), [END_IMAGE_ID], cap, [EOS_ID]]).astype(np.int64)
+    seq = np.concatenate([[BOS_ID, IMAGE_ID], np.full(slots, PAD_ID), [END_IMAGE_ID], cap, [EOS_ID]]).astype(
+        np.int64
+    )
     loss = np.zeros(len(seq) - 1, dtype=bool)
     loss[slots + 2 :] = True  # targets from the first caption token to </s>
     return Row(seq=seq, loss=loss, spans=[], image=image, image_start=2)
@@ -126,5 +134,12 @@ def collate(rows: list[Row], slots: int, image_size: int) -> Batch:
         imgs, idest = torch.stack(images), torch.stack(image_dest)
     else:
         imgs, idest = Batch.empty_images(image_size, slots)
-    return Batch(tokens=tokens, targets=targets, loss_mask=loss_mask, span_tokens=span_tokens,
-                 span_dest=span_dest, images=imgs, image_dest=idest)
+    return Batch(
+        tokens=tokens,
+        targets=targets,
+        loss_mask=loss_mask,
+        span_tokens=span_tokens,
+        span_dest=span_dest,
+        images=imgs,
+        image_dest=idest,
+    )

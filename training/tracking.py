@@ -1,9 +1,9 @@
 """MLflow tracking from global rank 0 only (DESIGN.md 6); a tracking outage warns once and never stops training.
 
-    tracker = Tracker(cfg.tracking, uri, enabled=topology.is_main)
-    run_id = tracker.start(run_id_from_checkpoint_or_None, params={...}, tags={...})
-    tracker.log_metrics({"loss": 2.3, "lr": 1e-4}, step)     # buffered; sent with log_batch every flush()
-    tracker.log_artifact(path); tracker.log_text(text, "captions/step_100.txt"); tracker.finish()
+tracker = Tracker(cfg.tracking, uri, enabled=topology.is_main)
+run_id = tracker.start(run_id_from_checkpoint_or_None, params={...}, tags={...})
+tracker.log_metrics({"loss": 2.3, "lr": 1e-4}, step)     # buffered; sent with log_batch every flush()
+tracker.log_artifact(path); tracker.log_text(text, "captions/step_100.txt"); tracker.finish()
 """
 
 from __future__ import annotations
@@ -49,8 +49,14 @@ class Tracker:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any tracking failure must not stop training
             self._failed = True
-            log.warning("MLflow tracking failed while trying to %s (%s: %s); training continues without "
-                        "tracking (tracking.uri=%s)", what, type(e).__name__, str(e).splitlines()[0][:300], self.uri)
+            log.warning(
+                "MLflow tracking failed while trying to %s (%s: %s); training continues without "
+                "tracking (tracking.uri=%s)",
+                what,
+                type(e).__name__,
+                str(e).splitlines()[0][:300],
+                self.uri,
+            )
             return None
 
     @property
@@ -67,7 +73,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
@@ -82,17 +88,30 @@ class Tracker:
                 self._client.update_run(run_id, status="RUNNING")
                 resumed = True
             except Exception:  # noqa: BLE001 - run gone (other store): start a new one
-                log.warning("MLflow run %s from the checkpoint was not found in %s; starting a new run", run_id, self.uri)
+                log.warning(
+                    "MLflow run %s from the checkpoint was not found in %s; starting a new run",
+                    run_id,
+                    self.uri,
+                )
         if not resumed:
-            run = self._client.create_run(self.experiment_id, run_name=self.cfg.run_name or None,
-                                          tags={k: str(v) for k, v in tags.items()})
+            run = self._client.create_run(
+                self.experiment_id,
+                run_name=self.cfg.run_name or None,
+                tags={k: str(v) for k, v in tags.items()},
+            )
             run_id = run.info.run_id
             items = [Param(k, _param_value(v)) for k, v in params.items()]
             for i in range(0, len(items), MAX_PARAMS_PER_CALL):
                 self._client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_CALL])
         else:
-            self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()
-                                                 if k.startswith("slurm") or k.startswith("resume")])
+            self._client.log_batch(
+                run_id,
+                tags=[
+                    RunTag(k, str(v))
+                    for k, v in tags.items()
+                    if k.startswith("slurm") or k.startswith("resume")
+                ],
+            )
         self.run_id = run_id
         log.info("MLflow run %s (%s) in %s", run_id, "resumed" if resumed else "new", self.uri)
         return run_id
@@ -114,7 +133,12 @@ class Tracker:
             return
         pending, self._pending = self._pending, []
         for i in range(0, len(pending), MAX_METRICS_PER_CALL):
-            self._call("log metrics", self._client.log_batch, self.run_id, metrics=pending[i : i + MAX_METRICS_PER_CALL])
+            self._call(
+                "log metrics",
+                self._client.log_batch,
+                self.run_id,
+                metrics=pending[i : i + MAX_METRICS_PER_CALL],
+            )
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:

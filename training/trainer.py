@@ -14,8 +14,8 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

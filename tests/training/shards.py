@@ -23,7 +23,8 @@ WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "far", "awa
 
 
 def write_tokenizer(out: Path) -> object:
-    from data_prep.tokenizer import train_tokenizer_model, write_tokenizer as write
+    from data_prep.tokenizer import train_tokenizer_model
+    from data_prep.tokenizer import write_tokenizer as write
 
     rng = np.random.default_rng(0)
     texts = [f"a {s} {c} square" for c in COLOURS for s in SIZES] * 20
@@ -45,8 +46,15 @@ def write_pairs(out: Path, tok, n: int, image_size: int = 32, seed: int = 0) -> 
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=90)
             caption = f"a {s} {c} square"
-            w.write({"image": buf.getvalue(), "caption_ids": np.array(tok.encode(caption), dtype=np.int32),
-                     "caption": caption, "key": f"{seed}{i:06d}", "source": "test"})
+            w.write(
+                {
+                    "image": buf.getvalue(),
+                    "caption_ids": np.array(tok.encode(caption), dtype=np.int32),
+                    "caption": caption,
+                    "key": f"{seed}{i:06d}",
+                    "source": "test",
+                }
+            )
     _stats(out, "pairs", tok, n, image_size=image_size)
     return out
 
@@ -54,21 +62,32 @@ def write_pairs(out: Path, tok, n: int, image_size: int = 32, seed: int = 0) -> 
 def write_text(out: Path, tok, n: int, seq_len: int = 64, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    with MDSWriter(out=str(out), columns={"tokens": "ndarray:int32", "doc_starts": "ndarray:int32"},
-                   size_limit=1 << 16) as w:
+    with MDSWriter(
+        out=str(out), columns={"tokens": "ndarray:int32", "doc_starts": "ndarray:int32"}, size_limit=1 << 16
+    ) as w:
         for _ in range(n):
             toks, starts = [], []
             while len(toks) < seq_len:
                 starts.append(len(toks))
                 toks += tok.encode(" ".join(rng.choice(WORDS, size=int(rng.integers(5, 20))))) + [END_DOC_ID]
-            w.write({"tokens": np.array(toks[:seq_len], dtype=np.int32), "doc_starts": np.array(starts, dtype=np.int32)})
+            w.write(
+                {
+                    "tokens": np.array(toks[:seq_len], dtype=np.int32),
+                    "doc_starts": np.array(starts, dtype=np.int32),
+                }
+            )
     _stats(out, "text", tok, n, seq_len=seq_len)
     return out
 
 
 def _stats(out: Path, kind: str, tok, n: int, **extra) -> None:
-    stats = {"kind": kind, "tokenizer": {"vocab_size": tok.vocab_size, "sha256": tok.sha256}, "samples": n,
-             "skipped": {}, **extra}
+    stats = {
+        "kind": kind,
+        "tokenizer": {"vocab_size": tok.vocab_size, "sha256": tok.sha256},
+        "samples": n,
+        "skipped": {},
+        **extra,
+    }
     (out / "stats.json").write_text(json.dumps(stats))
 
 
@@ -85,13 +104,25 @@ def make_dataset(root: Path, pairs: int = 256, texts: int = 64) -> Path:
 def config_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
     """Overrides for configs/debug.yaml that point it at a make_dataset() folder and a tmp run dir."""
     ov = {
-        "data.tokenizer": root / "tokenizer", "data.train.0.path": root / "pairs-train",
-        "data.train.1.path": root / "text-train", "data.val.0.path": root / "pairs-val",
-        "data.val.1.path": root / "text-val", "data.num_workers": 0, "train.run_dir": run_dir,
-        "tracking.uri": f"sqlite:///{run_dir.parent / 'mlflow.db'}", "train.log_interval": 1,
-        "train.global_batch_size": 8, "train.micro_batch_size": 8, "eval.batches": 2, "eval.interval_steps": 0,
-        "eval.caption_samples": 2, "eval.caption_max_new_tokens": 6, "optim.warmup_steps": 2,
-        "data.span_min_len": 4, "data.span_max_len": 12, "train.peak_tflops": 0.15,
+        "data.tokenizer": root / "tokenizer",
+        "data.train.0.path": root / "pairs-train",
+        "data.train.1.path": root / "text-train",
+        "data.val.0.path": root / "pairs-val",
+        "data.val.1.path": root / "text-val",
+        "data.num_workers": 0,
+        "train.run_dir": run_dir,
+        "tracking.uri": f"sqlite:///{run_dir.parent / 'mlflow.db'}",
+        "train.log_interval": 1,
+        "train.global_batch_size": 8,
+        "train.micro_batch_size": 8,
+        "eval.batches": 2,
+        "eval.interval_steps": 0,
+        "eval.caption_samples": 2,
+        "eval.caption_max_new_tokens": 6,
+        "optim.warmup_steps": 2,
+        "data.span_min_len": 4,
+        "data.span_max_len": 12,
+        "train.peak_tflops": 0.15,
     }
     ov.update(extra)
     return [f"{k}={v}" for k, v in ov.items()]

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from common.errors import UserError
+from tests.training.shards import config_overrides
 from training import config_io
 from training.config import load_config
 from training.optim import lr_factor
-from tests.training.shards import config_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = {"debug.yaml": 2, "small.yaml": 1, "metalm-1.3b.yaml": 64}  # file -> world size it is meant for
@@ -31,16 +31,34 @@ def test_shipped_config_parses_and_validates(name):
 def test_metalm_1_3b_config_follows_the_paper():
     cfg = load_config(CONFIGS / "metalm-1.3b.yaml")
     assert cfg.train.precision == "bf16" and cfg.train.zero_stage == 1 and 8 % cfg.parallel.tp == 0
-    assert (cfg.optim.lr, cfg.optim.beta2, cfg.optim.weight_decay, cfg.optim.decay) == (1e-4, 0.98, 0.01, "linear")
+    assert (cfg.optim.lr, cfg.optim.beta2, cfg.optim.weight_decay, cfg.optim.decay) == (
+        1e-4,
+        0.98,
+        0.01,
+        "linear",
+    )
     assert cfg.model.decoder.num_layers == 24 and cfg.model.decoder.hidden_size == 2048
 
 
 def test_precedence_cli_over_file_over_defaults(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump({"train": {"steps": 7, "micro_batch_size": 2, "global_batch_size": 4},
-                                 "data": {"train": [{"path": "a", "proportion": 0.5}, {"path": "b", "proportion": 0.5}]}}))
-    cfg = load_config(f, ["train.steps=9", "data.train.1.proportion=0.25", "model.decoder.num_layers=3",
-                          "model.max_seq_len=96"])
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"steps": 7, "micro_batch_size": 2, "global_batch_size": 4},
+                "data": {"train": [{"path": "a", "proportion": 0.5}, {"path": "b", "proportion": 0.5}]},
+            }
+        )
+    )
+    cfg = load_config(
+        f,
+        [
+            "train.steps=9",
+            "data.train.1.proportion=0.25",
+            "model.decoder.num_layers=3",
+            "model.max_seq_len=96",
+        ],
+    )
     assert cfg.train.steps == 9  # CLI beats file
     assert cfg.train.micro_batch_size == 2  # file beats default
     assert cfg.train.log_interval == 10  # default
@@ -50,7 +68,9 @@ def test_precedence_cli_over_file_over_defaults(tmp_path):
 
 def test_unknown_keys_and_bad_values_reported_together(tmp_path):
     with pytest.raises(UserError) as e:
-        load_config(None, ["train.stpes=3", "optimm.lr=1", "model.decoder.num_layer=2", "train.zero_stage=abc"])
+        load_config(
+            None, ["train.stpes=3", "optimm.lr=1", "model.decoder.num_layer=2", "train.zero_stage=abc"]
+        )
     msg = str(e.value)
     assert "4 problem(s)" in msg
     assert "'train.stpes'" in msg and "did you mean 'steps'" in msg
@@ -60,9 +80,18 @@ def test_unknown_keys_and_bad_values_reported_together(tmp_path):
 
 
 def test_validation_collects_every_problem():
-    cfg = load_config(None, ["parallel.tp=2", "train.zero_stage=3", "train.precision=fp16", "train.global_batch_size=10",
-                             "train.micro_batch_size=4", "data.train=[{path: a, proportion: 0.7}, {path: b, proportion: 0.7}]",
-                             "model.decoder.num_heads=3"])
+    cfg = load_config(
+        None,
+        [
+            "parallel.tp=2",
+            "train.zero_stage=3",
+            "train.precision=fp16",
+            "train.global_batch_size=10",
+            "train.micro_batch_size=4",
+            "data.train=[{path: a, proportion: 0.7}, {path: b, proportion: 0.7}]",
+            "model.decoder.num_heads=3",
+        ],
+    )
     with pytest.raises(UserError) as e:
         cfg.validate(world_size=4, check_data=False)
     msg = str(e.value)
@@ -97,7 +126,10 @@ def test_bad_config_exits_2_before_any_process_group(tmp_path, capsys):
 def test_data_checks(tiny_data, tmp_path):
     ov = config_overrides(tiny_data, tmp_path / "run")
     cfg = load_config(CONFIGS / "debug.yaml", ov)
-    assert cfg.model.vocab_size == json.loads((tiny_data / "tokenizer" / "tokenizer.json").read_text())["vocab_size"]
+    assert (
+        cfg.model.vocab_size
+        == json.loads((tiny_data / "tokenizer" / "tokenizer.json").read_text())["vocab_size"]
+    )
     cfg.validate(2)  # the fixture data fits
 
     # shards built with another tokenizer, missing shards, small vocab, image size mismatch
@@ -106,9 +138,17 @@ def test_data_checks(tiny_data, tmp_path):
     stats = json.loads((other / "stats.json").read_text())
     stats["tokenizer"]["sha256"] = "0" * 64
     (other / "stats.json").write_text(json.dumps(stats))
-    bad = load_config(CONFIGS / "debug.yaml", ov + [f"data.val.0.path={other}", "data.train.1.path=/nonexistent/x",
-                                                    "model.vocab_size=20", "model.image_size=64",
-                                                    "model.patch_size=8"])
+    bad = load_config(
+        CONFIGS / "debug.yaml",
+        ov
+        + [
+            f"data.val.0.path={other}",
+            "data.train.1.path=/nonexistent/x",
+            "model.vocab_size=20",
+            "model.image_size=64",
+            "model.patch_size=8",
+        ],
+    )
     with pytest.raises(UserError) as e:
         bad.validate(2)
     msg = str(e.value)

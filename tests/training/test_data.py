@@ -30,7 +30,11 @@ def _rows(rank, world, data, tmp, tp):
     topo = init_distributed(ParallelConfig(tp=tp))
     loader = build_loader(cfg.data, cfg.model, topo, 4, "train")
     batches = [b for b in loader]  # one epoch
-    return {"tp_rank": topo.tp_rank, "dp_rank": topo.dp_rank, "batches": [(b.tokens.tolist(), b.span_tokens.tolist()) for b in batches]}
+    return {
+        "tp_rank": topo.tp_rank,
+        "dp_rank": topo.dp_rank,
+        "batches": [(b.tokens.tolist(), b.span_tokens.tolist()) for b in batches],
+    }
 
 
 def test_tp_ranks_identical_dp_ranks_disjoint_4_processes(tiny_data, tmp_path):
@@ -63,8 +67,11 @@ def _resume(rank, world, data, tmp):
     loader = build_loader(cfg.data, cfg.model, topo, 4, "train")
     loader.load_state_dict(state)
     got = [b for _, b in zip(range(3), loader)]
-    same = all(torch.equal(getattr(a, f), getattr(b, f)) for a, b in zip(expect, got)
-               for f in ("tokens", "targets", "loss_mask", "span_tokens", "span_dest", "images", "image_dest"))
+    same = all(
+        torch.equal(getattr(a, f), getattr(b, f))
+        for a, b in zip(expect, got)
+        for f in ("tokens", "targets", "loss_mask", "span_tokens", "span_dest", "images", "image_dest")
+    )
     return state["sample_in_epoch"], same
 
 

@@ -17,10 +17,26 @@ def _gap_before_after(rank, world, data: Path, run_dir: Path, steps: int):
     from training.learning_check import caption_loss_gap, held_out_pairs
     from training.trainer import Trainer
 
-    cfg = load_config(CONFIG, config_overrides(data, run_dir, **{
-        "tracking.enabled": "false", "checkpoint.interval_steps": 0, "eval.caption_samples": 0, "eval.batches": 0,
-        "parallel.tp": 1, "train.steps": steps, "optim.lr": 3e-3, "optim.warmup_steps": 5,
-        "train.global_batch_size": 16, "train.micro_batch_size": 16}) + [f"data.train=[{{path: {data / 'pairs-train'}}}]"])
+    cfg = load_config(
+        CONFIG,
+        config_overrides(
+            data,
+            run_dir,
+            **{
+                "tracking.enabled": "false",
+                "checkpoint.interval_steps": 0,
+                "eval.caption_samples": 0,
+                "eval.batches": 0,
+                "parallel.tp": 1,
+                "train.steps": steps,
+                "optim.lr": 3e-3,
+                "optim.warmup_steps": 5,
+                "train.global_batch_size": 16,
+                "train.micro_batch_size": 16,
+            },
+        )
+        + [f"data.train=[{{path: {data / 'pairs-train'}}}]"],
+    )
     topo = init_distributed(cfg.parallel)
     trainer = Trainer(cfg, topo)
     pairs = held_out_pairs(cfg, 64)

@@ -25,7 +25,9 @@ def test_spans_respect_lengths_fraction_and_documents():
 def test_spans_are_keyed_by_seed_epoch_and_sample():
     args = (200, np.array([0]), 8, 24, 0.25)
     a = semicausal.sample_spans(*args, semicausal.span_rng(1, 0, 5))
-    assert a == semicausal.sample_spans(*args, semicausal.span_rng(1, 0, 5))  # a resumed run sees the same spans
+    assert a == semicausal.sample_spans(
+        *args, semicausal.span_rng(1, 0, 5)
+    )  # a resumed run sees the same spans
     assert a != semicausal.sample_spans(*args, semicausal.span_rng(1, 1, 5))  # next epoch: new spans
     assert a != semicausal.sample_spans(*args, semicausal.span_rng(1, 0, 6))
 
@@ -59,7 +61,18 @@ def test_pair_rows_and_padding():
     img = torch.randn(3, 8, 8)
     short = semicausal.pair_row(np.array([50, 51]), img, slots=4, max_seq_len=32)
     long = semicausal.pair_row(np.arange(60, 100), img, slots=4, max_seq_len=16)  # caption truncated to fit
-    assert short.seq.tolist() == [BOS_ID, IMAGE_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, END_IMAGE_ID, 50, 51, EOS_ID]
+    assert short.seq.tolist() == [
+        BOS_ID,
+        IMAGE_ID,
+        PAD_ID,
+        PAD_ID,
+        PAD_ID,
+        PAD_ID,
+        END_IMAGE_ID,
+        50,
+        51,
+        EOS_ID,
+    ]
     assert short.loss.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1]  # caption tokens and </s> carry loss
     assert len(long.seq) - 1 == 16
     b = semicausal.collate([short, long], slots=4, image_size=8)

@@ -33,7 +33,9 @@ def test_sqlite_run_params_metrics_artifacts_and_resume(tmp_path):
     assert run.data.tags["parallel.layout"] == "tp2xdp1" and run.info.status == "KILLED"
     assert [m.value for m in c.get_metric_history(run_id, "loss")] == [3.0, 2.0, 1.0]
     assert "mfu" not in run.data.metrics  # None values are skipped
-    names = {f.path for f in c.list_artifacts(run_id)} | {f.path for f in c.list_artifacts(run_id, "captions")}
+    names = {f.path for f in c.list_artifacts(run_id)} | {
+        f.path for f in c.list_artifacts(run_id, "captions")
+    }
     assert {"config.yaml", "captions/step_00000003.txt"} <= names
 
     t2 = Tracker(cfg, uri, enabled=True)  # a resumed job continues the same run

@@ -19,9 +19,15 @@ def _train(rank, world, data: Path, run_dir: Path, extra: list[str], fp16_on_cpu
     from training.config import load_config
     from training.trainer import Trainer
 
-    cfg = load_config(CONFIG, config_overrides(data, run_dir, **{"tracking.enabled": "false",
-                                                                 "checkpoint.interval_steps": 0,
-                                                                 "eval.caption_samples": 0}) + extra)
+    cfg = load_config(
+        CONFIG,
+        config_overrides(
+            data,
+            run_dir,
+            **{"tracking.enabled": "false", "checkpoint.interval_steps": 0, "eval.caption_samples": 0},
+        )
+        + extra,
+    )
     if fp16_on_cpu:
         from parallel.cpu_compat import allow_fp16_on_cpu
 
@@ -31,8 +37,14 @@ def _train(rank, world, data: Path, run_dir: Path, extra: list[str], fp16_on_cpu
     trainer = Trainer(cfg, topo, load_tokenizer(cfg.data.tokenizer).sha256)
     code = trainer.train()
     m = trainer.last_metrics
-    return {"code": code, "losses": trainer.losses, "loss_scale": m["loss_scale"], "grad_norm": m["grad_norm"],
-            "tp": topo.tp_size, "dp": topo.dp_size}
+    return {
+        "code": code,
+        "losses": trainer.losses,
+        "loss_scale": m["loss_scale"],
+        "grad_norm": m["grad_norm"],
+        "tp": topo.tp_size,
+        "dp": topo.dp_size,
+    }
 
 
 def test_tp2_loss_equals_tp1_for_10_steps(tiny_data, tmp_path):
@@ -47,8 +59,15 @@ def test_tp2_loss_equals_tp1_for_10_steps(tiny_data, tmp_path):
 
 
 def test_resume_equals_uninterrupted_dp2_zero2(tiny_data, tmp_path):
-    common = ["parallel.tp=1", "train.zero_stage=2", "train.micro_batch_size=4", "train.global_batch_size=8",
-              "checkpoint.interval_steps=3", "optim.warmup_steps=5", "optim.decay=constant"]
+    common = [
+        "parallel.tp=1",
+        "train.zero_stage=2",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "checkpoint.interval_steps=3",
+        "optim.warmup_steps=5",
+        "optim.decay=constant",
+    ]
     # (a schedule that does not depend on train.steps: the two halves are launched with different steps)
     full = run_ranks(2, _train, tiny_data, tmp_path / "full", common + ["train.steps=6"])
     first = run_ranks(2, _train, tiny_data, tmp_path / "split", common + ["train.steps=3"])
@@ -61,8 +80,13 @@ def test_resume_equals_uninterrupted_dp2_zero2(tiny_data, tmp_path):
 
 
 def test_four_processes_tp2_dp2(tiny_data, tmp_path):
-    out = run_ranks(4, _train, tiny_data, tmp_path / "r", ["parallel.tp=2", "train.micro_batch_size=4",
-                                                          "train.global_batch_size=8", "train.steps=3"])
+    out = run_ranks(
+        4,
+        _train,
+        tiny_data,
+        tmp_path / "r",
+        ["parallel.tp=2", "train.micro_batch_size=4", "train.global_batch_size=8", "train.steps=3"],
+    )
     assert [(o["tp"], o["dp"]) for o in out] == [(2, 2)] * 4
     assert all(o["code"] == 0 and o["losses"] == out[0]["losses"] for o in out)
 
@@ -70,9 +94,21 @@ def test_four_processes_tp2_dp2(tiny_data, tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_paths(tiny_data, tmp_path, precision):
     # correctness of the code path only (bf16/fp16 matmuls are >100x slower on this CPU): 2 tiny steps
-    [r] = run_ranks(1, _train, tiny_data, tmp_path / precision,
-                    [f"train.precision={precision}", "parallel.tp=1", "train.steps=2", "train.micro_batch_size=2",
-                     "train.global_batch_size=2", "eval.batches=0"], precision == "fp16")
+    [r] = run_ranks(
+        1,
+        _train,
+        tiny_data,
+        tmp_path / precision,
+        [
+            f"train.precision={precision}",
+            "parallel.tp=1",
+            "train.steps=2",
+            "train.micro_batch_size=2",
+            "train.global_batch_size=2",
+            "eval.batches=0",
+        ],
+        precision == "fp16",
+    )
     assert r["code"] == 0 and all(loss == loss for _, loss in r["losses"])
     if precision == "fp16":
         assert r["loss_scale"] is not None and r["loss_scale"] > 1  # dynamic loss scaling is on

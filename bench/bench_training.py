@@ -1,0 +1,311 @@
+"""Training benchmarks, all ratios measured in this one run (this machine is shared and noisy).
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_training.py [--steps 6] [--keep DIR]
+
+1. peak matmul FLOP/s of this machine, fp32 and bf16;
+2. `small` preset training (full stack: DeepSpeed engine ZeRO-1, Megatron TP layers at TP=1, streaming
+   loader, semi-causal batches; text stream, 4 x 512 tokens) MFU against the measured fp32 peak (target >= 0.6);
+3. full-stack tokens/s / a plain PyTorch loop (same MetaLM maths and batches, torch AdamW, gradient
+   clipping, tensors already in memory) (target >= 0.9);
+4. data pipeline samples/s with one loader worker / what the `metalm-1.3b` run consumes per GPU at
+   40% MFU on an H100 (989 TFLOP/s bf16), per stream kind (target >= 3);
+5. peak memory of the rank vs. the ZeRO model-state formula for the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import torch  # noqa: E402
+
+from common.streaming_compat import ensure_streaming_importable  # noqa: E402
+
+ensure_streaming_importable()
+H100_BF16_PEAK = 989e12
+MFU_H100 = 0.40
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_peak(dtype: torch.dtype, n: int, seconds: float) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", *cmd],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def build_data(d: Path) -> None:
+    """Synthetic data: tokenizer, 64 px pairs + 513-token text (small), 224 px pairs + 2049-token text (1.3B)."""
+    if (d / "done").is_file():
+        return
+    sh(
+        "data_prep",
+        "synth",
+        "--output",
+        str(d / "raw"),
+        "--num-images",
+        "600",
+        "--num-val-images",
+        "64",
+        "--num-docs",
+        "3000",
+        "--num-val-docs",
+        "100",
+    )
+    raw = d / "raw"
+    tars = sorted(str(p) for p in (raw / "pairs").glob("train-*.tar"))
+    sh(
+        "data_prep",
+        "tokenizer",
+        "--input",
+        str(raw / "text" / "train.jsonl"),
+        str(raw / "pairs"),
+        "--vocab-size",
+        "1000",
+        "--output",
+        str(d / "tokenizer"),
+    )
+    tok = str(d / "tokenizer")
+    for px in (64, 224):
+        sh(
+            "data_prep",
+            "pairs",
+            "--input",
+            *tars,
+            "--tokenizer",
+            tok,
+            "--image-size",
+            str(px),
+            "--output",
+            str(d / f"pairs-{px}"),
+            "--no-progress",
+        )
+    for n in (513, 2049):
+        sh(
+            "data_prep",
+            "text",
+            "--input",
+            str(raw / "text" / "train.jsonl"),
+            "--tokenizer",
+            tok,
+            "--seq-len",
+            str(n),
+            "--output",
+            str(d / f"text-{n}"),
+            "--no-progress",
+        )
+    (d / "done").write_text("ok\n")
+
+
+def small_config(d: Path, run_dir: Path, micro: int):
+    from training.config import load_config
+
+    return load_config(
+        ROOT / "configs" / "small.yaml",
+        [
+            f"data.tokenizer={d / 'tokenizer'}",
+            f"data.train=[{{path: {d / 'text-513'}}}]",
+            "data.val=[]",
+            f"train.run_dir={run_dir}",
+            "tracking.enabled=false",
+            "checkpoint.interval_steps=0",
+            "eval.batches=0",
+            "eval.caption_samples=0",
+            "optim.warmup_steps=0",
+            "data.shuffle=false",
+        ],
+    )
+
+
+def full_stack(trainer, steps: int) -> dict:
+    """Steps through the real train_step (engine + loader); returns figures of the timed steps."""
+    it = trainer.batches()
+    trainer.train_step(it)  # warm-up
+    t_tokens = t_flops = t_time = 0.0
+    for _ in range(steps):
+        m = trainer.train_step(it)
+        t_tokens, t_flops, t_time = t_tokens + m["tokens"], t_flops + m["flops"], t_time + m["step_time"]
+    return {"tokens_per_s": t_tokens / t_time, "flops_per_s": t_flops / t_time, "step_time": t_time / steps}
+
+
+def plain_loop(model, batches: list, steps: int, lr: float, clip: float) -> dict:
+    """The same model maths in a plain loop: forward, backward, clip, torch AdamW, tensors in memory."""
+    from common.special_tokens import PAD_ID
+    from training import flops as F
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.98))
+    model.train()
+
+    def step(b):
+        loss = model(b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(batches[0])
+    tokens = fl = 0.0
+    t0 = time.perf_counter()
+    for i in range(steps):
+        b = batches[(i + 1) % len(batches)]
+        step(b)
+        tokens += float((b.tokens != PAD_ID).sum()) + b.image_dest.numel()
+        fl += F.batch_flops(model.cfg, b)
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": tokens / dt, "flops_per_s": fl / dt}
+
+
+def loader_rate(cfg, topo, path: Path, micro: int, batches: int) -> float:
+    """Samples/s of one loader worker (JPEG decode + normalize, spans, collation) on one stream."""
+    import dataclasses
+
+    from training.config import StreamConfig
+    from training.data import build_loader
+
+    data = dataclasses.replace(cfg.data, train=[StreamConfig(path=str(path))], num_workers=1, shuffle=True)
+    loader = build_loader(data, cfg.model, topo, micro, "train")
+    it = iter(loader)
+    next(it)
+    t0, n = time.perf_counter(), 0
+    for _ in range(batches):
+        n += next(it).batch_size
+    rate = n / (time.perf_counter() - t0)
+    del it, loader
+    gc.collect()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps per measurement")
+    ap.add_argument("--micro", type=int, default=4, help="sequences of 512 tokens per step (small preset)")
+    ap.add_argument("--keep", default="", help="data/run folder to keep (default: a temporary one)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_training_"))
+    work.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    print(f"machine: {os.cpu_count()} CPUs, torch threads {threads}, torch {torch.__version__}")
+
+    fp32_peak = max(matmul_peak(torch.float32, 1024, 2.0), matmul_peak(torch.float32, 2048, 3.0))
+    bf16_peak = matmul_peak(torch.bfloat16, 256, 2.0)
+    print(
+        f"1. peak matmul: fp32 {fp32_peak / 1e9:.1f} GFLOP/s, bf16 {bf16_peak / 1e9:.2f} GFLOP/s "
+        f"(bf16/fp32 = {bf16_peak / fp32_peak:.4f})"
+    )
+
+    t0 = time.perf_counter()
+    build_data(work / "data")
+    print(f"   (data built in {time.perf_counter() - t0:.0f} s)")
+    d = work / "data"
+
+    from data_prep.tokenizer import load_tokenizer
+    from parallel.groups import init_distributed
+    from training.model.metalm import MetaLM, count_parameters
+    from training.trainer import Trainer
+
+    cfg = small_config(d, work / "run", args.micro)
+    cfg.validate(1)
+    topo = init_distributed(cfg.parallel)
+    gc.collect()
+    rss_before = rss_gib()
+    trainer = Trainer(cfg, topo, load_tokenizer(cfg.data.tokenizer).sha256)
+    n_params = sum(p.numel() for p in trainer.engine.module.parameters())
+    runs_full = [full_stack(trainer, args.steps)]
+    rss_peak = rss_gib()
+    batches = [trainer.to_device(b) for _, b in zip(range(3), trainer.batches())]
+    plain_model = MetaLM(cfg.model, topo)
+    runs_plain = [plain_loop(plain_model, batches, args.steps, cfg.optim.lr, cfg.optim.grad_clip)]
+    runs_full.append(full_stack(trainer, args.steps))
+    runs_plain.append(plain_loop(plain_model, batches, args.steps, cfg.optim.lr, cfg.optim.grad_clip))
+    full = max(runs_full, key=lambda r: r["tokens_per_s"])
+    plain = max(runs_plain, key=lambda r: r["tokens_per_s"])
+    b = batches[0]
+    print(
+        f"2. small preset ({n_params / 1e6:.1f}M params, text batches {b.tokens.shape[0]} x {b.tokens.shape[1]} tokens, "
+        f"{b.span_tokens.shape[0]} spans), world size 1, fp32, ZeRO-{cfg.train.zero_stage}: "
+        f"{full['flops_per_s'] / 1e9:.1f} model GFLOP/s, {full['step_time']:.2f} s/step -> "
+        f"MFU {full['flops_per_s'] / fp32_peak:.2f} of the measured fp32 peak (target >= 0.6)"
+    )
+    print(
+        f"3. full stack {full['tokens_per_s']:,.0f} tokens/s vs plain PyTorch loop {plain['tokens_per_s']:,.0f} "
+        f"tokens/s (plain MFU {plain['flops_per_s'] / fp32_peak:.2f}): ratio {full['tokens_per_s'] / plain['tokens_per_s']:.2f} "
+        f"(target >= 0.9)"
+    )
+
+    # 4. data pipeline vs. what a 1.3B GPU consumes at 40% MFU
+    from training import flops as F
+    from training.model.config import model_config_from_preset
+
+    big = model_config_from_preset("metalm-1.3b", vocab_size=load_tokenizer(cfg.data.tokenizer).vocab_size)
+    # every rank of a TP group loads the same samples, so one rank's loader feeds the whole group (x TP)
+    tp_big = 2
+    per_rank = tp_big * MFU_H100 * H100_BF16_PEAK
+    need_text = per_rank / F.sample_flops_estimate(big, 2048, images_per_sample=0, span_tokens=512)
+    need_pairs = per_rank / F.sample_flops_estimate(big, big.image_slots + 3 + 20, images_per_sample=1)
+    import dataclasses
+
+    cfg_big = dataclasses.replace(
+        cfg, model=big, data=dataclasses.replace(cfg.data, span_min_len=64, span_max_len=128)
+    )
+    have_pairs = loader_rate(cfg_big, topo, d / "pairs-224", 8, 40)
+    have_text = loader_rate(cfg_big, topo, d / "text-2049", 8, 40)
+    print(
+        f"4. data pipeline, 1 loader worker, metalm-1.3b shapes: image-text (224 px JPEG) {have_pairs:,.0f} samples/s "
+        f"vs {need_pairs:,.1f} needed per rank (TP=2 group of H100s at 40% MFU) -> ratio {have_pairs / need_pairs:.1f}; "
+        f"text (2048 tokens) {have_text:,.0f} samples/s vs {need_text:,.2f} needed -> ratio "
+        f"{have_text / need_text:.0f} (target >= 3)"
+    )
+
+    # 5. memory: ZeRO model states at DP=1 fp32 = weights 4P + grads 4P + Adam (m, v) 8P = 16P bytes
+    states = 16 * n_params / 2**30
+    print(
+        f"5. memory (rank 0 of the run in 2.): peak RSS {rss_peak:.2f} GiB, of which {rss_peak - rss_before:.2f} GiB "
+        f"allocated by building + training the model; ZeRO formula for its model states (fp32, DP=1: 16 bytes x "
+        f"{n_params / 1e6:.1f}M params) = {states:.2f} GiB; the rest is activations, loader and allocator slack"
+    )
+    counts = count_parameters(big)
+    p_total, tp, dp = counts["total"], 2, 32
+    gib = 2**30
+    per_gpu_states = (2 * p_total + 2 * p_total) / tp / gib + 12 * p_total / tp / dp / gib
+    print(
+        f"   metalm-1.3b at TP=2 x DP=32, ZeRO-1, bf16: {p_total / 1e9:.2f}B params -> per GPU bf16 weights + grads "
+        f"{4 * p_total / tp / gib:.2f} GiB + fp32 master/Adam shard {12 * p_total / tp / dp / gib:.2f} GiB = "
+        f"{per_gpu_states:.2f} GiB model states (upper bound: frozen ViT layers have no grads/optimizer state); "
+        f"one sample: {F.sample_flops_estimate(big, 2048, 0, 512) / 1e12:.1f} TFLOP (text) / "
+        f"{F.sample_flops_estimate(big, big.image_slots + 23, 1) / 1e12:.1f} TFLOP (image-text)"
+    )
+
+
+if __name__ == "__main__":
+    main()
