@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         pairs = held_out_pairs(cfg, args.pairs)
         if len(pairs) < 2:
             raise UserError("the learning check needs a `pairs` stream with >= 2 samples in data.val")
-        r = caption_loss_gap(
-            trainer.engine.module, cfg, pairs, args.batch_size, trainer.topo.device, trainer.dtype
-        )
+        with trainer.full_parameters():
+            r = caption_loss_gap(
+                trainer.engine.module, cfg, pairs, args.batch_size, trainer.topo.device, trainer.dtype
+            )
         r.update(step=trainer.step, min_gap=args.min_gap, passed=r["gap"] >= args.min_gap)
         samples = trainer.caption_samples(args.captions) if args.captions > 0 else []
         if trainer.topo.rank == 0:

@@ -253,7 +253,8 @@ class Trainer:
         images = torch.stack([p["image"] for p in pairs]).to(self.topo.device, self.dtype)
         self.engine.eval()
         try:
-            out = self.engine.module.generate(images, max_new_tokens=self.cfg.eval.caption_max_new_tokens)
+            with self.full_parameters():
+                out = self.engine.module.generate(images, max_new_tokens=self.cfg.eval.caption_max_new_tokens)
         finally:
             self.engine.train()
         return [{"key": p["key"], "true": p["caption"], "ids": ids} for p, ids in zip(pairs, out)]
@@ -333,6 +334,16 @@ class Trainer:
                 self.tracker.log_artifact(self.cfg.data.tokenizer, "tokenizer")
 
     # ---- helpers ------------------------------------------------------------------------------
+    def full_parameters(self):
+        """ZeRO-3: gather the partitioned parameters (generation touches them outside module forwards)."""
+        import contextlib
+
+        if self.cfg.train.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()))
+
     def to_device(self, batch: Batch) -> Batch:
         batch = batch.to(self.topo.device, non_blocking=True)
         if self.dtype != torch.float32:

@@ -79,6 +79,19 @@ def test_resume_equals_uninterrupted_dp2_zero2(tiny_data, tmp_path):
     assert full[0]["losses"] == full[1]["losses"]  # DP-reduced loss: the same on both ranks
 
 
+def test_zero3_at_tp1_trains_and_captions(tiny_data, tmp_path):
+    extra = [
+        "parallel.tp=1",
+        "train.zero_stage=3",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "train.steps=3",
+        "eval.caption_samples=1",
+    ]
+    out = run_ranks(2, _train, tiny_data, tmp_path / "z3", extra)
+    assert all(o["code"] == 0 and o["dp"] == 2 for o in out) and out[0]["losses"] == out[1]["losses"]
+
+
 def test_four_processes_tp2_dp2(tiny_data, tmp_path):
     out = run_ranks(
         4,
