@@ -303,13 +303,13 @@ class MetaLM(nn.Module):
 
 
 def _register_tied_output_weight(model: MetaLM) -> None:
-    """The output layer reads the embedding weight outside the embedding's forward: tell ZeRO-3 to gather
-    it for the whole model forward (a no-op bookkeeping entry for ZeRO-0/1/2)."""
+    """The output layer uses the embedding weight outside the embedding's forward: tell ZeRO-3 to gather it
+    around every output-layer call (training forward and generation alike; bookkeeping only without ZeRO-3)."""
     try:
-        from deepspeed.zero import register_external_parameter
+        import deepspeed
     except ImportError:  # DeepSpeed is optional for inference-only use
         return
-    register_external_parameter(model, model.embedding.weight)
+    deepspeed.zero.register_external_parameter(model.output_layer, model.embedding.weight)
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
