@@ -34,7 +34,7 @@ def _originals(tars):
     return out
 
 
-def test_synth_to_streaming_dataset_round_trip(tmp_path, raw_data, tokenizer_dir):
+def test_synth_to_streaming_dataset_round_trip(tmp_path, raw_data, tokenizer_dir, capsys):
     tars = sorted((raw_data / "pairs").glob("train-*.tar"))
     pairs_out, text_out = tmp_path / "pairs", tmp_path / "text"
     assert (
@@ -76,6 +76,10 @@ def test_synth_to_streaming_dataset_round_trip(tmp_path, raw_data, tokenizer_dir
     assert main(["verify", str(pairs_out), str(text_out)]) == exit_codes.OK
     assert main(["inspect", str(pairs_out), "--images-out", str(tmp_path / "look"), "--samples", "3"]) == 0
     assert len(list((tmp_path / "look").glob("*.jpg"))) == 3
+    capsys.readouterr()
+    assert main(["inspect", str(text_out), "--samples", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "text shards" in report and "segments per sequence" in report and "<unk> rate" in report
 
     tok = load_tokenizer(tokenizer_dir)
     originals = _originals(tars)
