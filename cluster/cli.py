@@ -293,7 +293,7 @@ def run_forwarding_signals(cmd: list[str], env: dict, group: bool = False, stop_
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return rc
+        return 128 - rc if rc < 0 else rc  # killed by signal N -> 128 + N, as a shell reports it
     finally:
         for s, h in old.items():
             signal.signal(s, h)
