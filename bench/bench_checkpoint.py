@@ -34,18 +34,22 @@ ensure_streaming_importable()
 
 
 def _raw_write(files: list[tuple[str, int]], out: Path, chunk: bytes) -> float:
-    """Write the same file sizes with plain os.write from memory, fsync each; return seconds."""
+    """Write the same file sizes with plain os.write from memory, then fsync them all; return seconds."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    for name, size in files:
-        fd = os.open(out / name.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
+    fds = []
+    try:
+        for name, size in files:
+            fd = os.open(out / name.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fds.append(fd)
             left = size
             view = memoryview(chunk)
             while left > 0:
                 left -= os.write(fd, view[: min(left, len(chunk))])
+        for fd in fds:
             os.fsync(fd)
-        finally:
+    finally:
+        for fd in fds:
             os.close(fd)
     return time.perf_counter() - t0
 

@@ -209,7 +209,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class _RecordingCheckpointEngine:
-    """Wraps DeepSpeed's checkpoint engine: hashes + fsyncs every file written, and records write errors.
+    """Wraps DeepSpeed's checkpoint engine: hashes every file as written, fsyncs them all, records errors.
 
     An exception inside DeepSpeed's save would leave this rank out of step with the collectives of
     the others (a hang); instead the first error is recorded here, the remaining writes of this save
@@ -223,6 +223,7 @@ class _RecordingCheckpointEngine:
         self.step = -1
 
     def reset(self, step: int) -> None:
+        """Start recording the files of checkpoint `step`."""
         self.records, self.error, self.step = {}, None, step
 
     def save(self, state_dict, path: str) -> None:
@@ -241,14 +242,28 @@ class _RecordingCheckpointEngine:
                         )
                     except RuntimeError as e:
                         raise (w.error or e) from e  # the OSError (e.g. ENOSPC), not torch's "unexpected pos"
-                    f.flush()
-                    os.fsync(f.fileno())
                 self.records[os.path.abspath(path)] = {"size": w.size, "hash": w.hexdigest()}
             else:  # another engine (async, fast writer): let it write, hash at commit time
                 self.inner.save(state_dict, path)
         except Exception as e:  # noqa: BLE001 - see class docstring
             self.error = f"rank {_rank()}: writing {path}: {e}"
             logger.error("checkpoint write failed: %s", self.error)
+
+    def sync(self) -> None:
+        """fsync every file written by this save (after all are written: their writeback overlaps)."""
+        if self.error is not None:
+            return
+        for path in self.records:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # also where a full or failing disk may first report an error
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                self.error = f"rank {_rank()}: fsync of {path}: {e}"
+                logger.error("checkpoint write failed: %s", self.error)
+                return
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -400,6 +415,7 @@ class CheckpointManager:
         recorder.reset(step)
         client_state = {UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info(engine.module)}
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
+        recorder.sync()
 
         rng_states = _gather(capture_rng_state())
         error = recorder.error

