@@ -131,3 +131,29 @@ def test_nan_loss_skips_the_update_in_deepspeed():
     steps, total = run_ranks(2, _nan_steps, 1)[0]
     assert steps == [(OK, False, True), (SKIP, True, True), (SKIP, True, True), (OK, False, True)]
     assert total == 2
+
+
+def _fp16_overflows(rank, world):
+    import torch
+
+    from parallel.cpu_compat import allow_fp16_on_cpu
+
+    init_gloo(rank, world)
+    allow_fp16_on_cpu()
+    # a loss scale of 2^40 overflows fp16 gradients: DeepSpeed halves it and skips the step each time
+    eng = make_engine(1, extra={"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 40}})
+    guard = BadStepGuard(max_consecutive=100)
+    actions = []
+    for step in range(1, 4):
+        skipped = eng.skipped_steps
+        x, y = torch.randn(4, 16).half(), torch.randn(4, 4).half()
+        loss = ((eng(x) - y) ** 2).mean()
+        eng.backward(loss)
+        eng.step()
+        actions.append(guard.after_step(step, loss.item(), None, eng.skipped_steps - skipped))
+    return actions, guard.scaler_skips, eng.skipped_steps
+
+
+def test_fp16_loss_scaler_skips_are_counted():
+    actions, scaler_skips, engine_skips = run_ranks(2, _fp16_overflows)[0]
+    assert actions == [SKIP, SKIP, SKIP] and scaler_skips == 3 == engine_skips

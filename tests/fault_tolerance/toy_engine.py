@@ -19,7 +19,9 @@ def init_gloo(rank: int, world: int) -> None:
         dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def make_engine(zero_stage: int = 1, hidden: int = 32, seed: int = 0, lr: float = 1e-2):
+def make_engine(
+    zero_stage: int = 1, hidden: int = 32, seed: int = 0, lr: float = 1e-2, extra: dict | None = None
+):
     import deepspeed
 
     torch.manual_seed(seed)
@@ -32,6 +34,7 @@ def make_engine(zero_stage: int = 1, hidden: int = 32, seed: int = 0, lr: float 
         "zero_optimization": {"stage": zero_stage},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        **(extra or {}),
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=cfg)
     torch.manual_seed(seed + 1000 * dist.get_rank())  # each rank draws its own data and dropout masks
