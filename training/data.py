@@ -10,6 +10,7 @@ trainer_state for exact mid-epoch resumption.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -72,14 +73,20 @@ class RowSpec:
 
 def decode_image(data: Any, spec: RowSpec) -> torch.Tensor:
     """JPEG bytes (or a PIL image) -> [3, H, W] float32 normalized with the configured mean/std."""
-    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(bytes(data)))
-    img = img.convert("RGB")
+    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     if img.size != (spec.image_size, spec.image_size):
         img = img.resize((spec.image_size, spec.image_size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(spec.image_mean).view(3, 1, 1)
-    std = torch.tensor(spec.image_std).view(3, 1, 1)
-    return (x - mean) / std
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float()  # uint8 HWC -> float CHW
+    scale, bias = _normalizer(spec.image_mean, spec.image_std)
+    return torch.addcmul(bias, x, scale)  # (x / 255 - mean) / std in one pass
+
+
+@functools.lru_cache(maxsize=4)
+def _normalizer(mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    return 1.0 / (255.0 * s), -m / s
 
 
 def sample_to_row(sample: dict, sample_id: int, epoch: int, spec: RowSpec) -> semicausal.Row:
