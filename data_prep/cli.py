@@ -23,6 +23,8 @@ typical flow (what `scripts/demo_data.sh OUT` runs):
   python -m data_prep verify OUT/shards/pairs-train OUT/shards/text-train
   python -m data_prep inspect OUT/shards/pairs-train --images-out OUT/inspect
 
+long input lists: put one argument per line in a file and pass @FILE (e.g. --input @tars.txt).
+
 exit codes: 0 ok, 1 verify found problems / unexpected error, 2 bad input or flags (nothing written),
 130 interrupted (no partial output left at --output).
 """
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Offline data preparation for MetaLM: tokenizer, image-text and text MDS shards, checks.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        fromfile_prefix_chars="@",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -226,3 +226,11 @@ def test_demo_data_script(tmp_path):
     assert (out / "tokenizer" / "tokenizer.model").is_file() and len(
         list((out / "inspect").glob("*.jpg"))
     ) == 8
+
+
+def test_inputs_from_an_at_file(tmp_path, raw_data):
+    listing = tmp_path / "tars.txt"
+    tars = [str(p) for p in sorted((raw_data / "pairs").glob("train-*.tar"))]
+    listing.write_text("\n".join(tars) + "\n")
+    args = build_parser().parse_args(["pairs", "--input", f"@{listing}", "--tokenizer", "t", "--output", "o"])
+    assert args.input == tars
