@@ -80,6 +80,7 @@ def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
     save_t, raw_t, total = [], [], 0
     files: list[tuple[str, int]] = []
     plain_t: list[float] = []
+    phases: list[dict] = []
     order = ["save", "raw", "plain"]
     for i in range(repeats):
         for kind in order[i % 3 :] + order[: i % 3]:  # rotate: the disk is shared and noisy
@@ -88,6 +89,7 @@ def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
                 t0 = time.perf_counter()
                 path = mgr.save(engine, i + 1, {"step": i + 1})
                 save_t.append(time.perf_counter() - t0)
+                phases.append(dict(mgr.last_save_phases))
                 mf = json.loads((path / "MANIFEST.json").read_text())["files"]
                 files = [(k, v["size"]) for k, v in mf.items()]
                 total = sum(s for _, s in files)
@@ -120,6 +122,7 @@ def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
         "all_save_s": save_t,
         "all_raw_s": raw_t,
         "plain_s": min(plain_t),
+        "phases": phases[save_t.index(min(save_t))],
     }
 
 
@@ -188,6 +191,7 @@ def main() -> None:
         print(
             f"  DeepSpeed's own save_checkpoint of the same state (no hash, fsync, manifest): {r['plain_s']:.2f} s"
         )
+        print("  phases of the fastest save: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
         print(
             "  every repeat: save "
             + " ".join(f"{t:.2f}" for t in r["all_save_s"])

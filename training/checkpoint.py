@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,10 +222,13 @@ class _RecordingCheckpointEngine:
         self.records: dict[str, dict[str, Any]] = {}
         self.error: str | None = None
         self.step = -1
+        self._pool = None
+        self._pending: dict[str, Any] = {}
 
     def reset(self, step: int) -> None:
         """Start recording the files of checkpoint `step`."""
         self.records, self.error, self.step = {}, None, step
+        self._pending.clear()
 
     def save(self, state_dict, path: str) -> None:
         if self.error is not None:
@@ -243,30 +247,48 @@ class _RecordingCheckpointEngine:
                     except RuntimeError as e:
                         raise (w.error or e) from e  # the OSError (e.g. ENOSPC), not torch's "unexpected pos"
                 self.records[os.path.abspath(path)] = {"size": w.size, "hash": w.hexdigest()}
+                self._start_fsync(os.path.abspath(path))
             else:  # another engine (async, fast writer): let it write, hash at commit time
                 self.inner.save(state_dict, path)
         except Exception as e:  # noqa: BLE001 - see class docstring
             self.error = f"rank {_rank()}: writing {path}: {e}"
             logger.error("checkpoint write failed: %s", self.error)
 
+    def _start_fsync(self, path: str) -> None:
+        """fsync `path` in a background thread: its writeback overlaps the serialization of the next file."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-fsync")
+        self._pending[path] = self._pool.submit(_fsync_path, path)
+
     def sync(self) -> None:
-        """fsync every file written by this save (after all are written: their writeback overlaps)."""
-        if self.error is not None:
-            return
+        """Wait until every file of this save is durable (also where a full disk may first report an error)."""
         for path in self.records:
+            future = self._pending.pop(path, None)
             try:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)  # also where a full or failing disk may first report an error
-                finally:
-                    os.close(fd)
+                future.result() if future is not None else _fsync_path(path)
             except OSError as e:
-                self.error = f"rank {_rank()}: fsync of {path}: {e}"
-                logger.error("checkpoint write failed: %s", self.error)
-                return
+                if self.error is None:
+                    self.error = f"rank {_rank()}: fsync of {path}: {e}"
+                    logger.error("checkpoint write failed: %s", self.error)
+        self._pending.clear()
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+def _rmtrees(paths: list[Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_hashed(path: Path, data: bytes) -> dict[str, Any]:
@@ -367,6 +389,8 @@ class CheckpointManager:
         self._last_save_time = time.monotonic()
         self.last_saved_step: int | None = None
         self.last_save_seconds: float | None = None
+        self.last_save_phases: dict[str, float] = {}  # seconds per phase of the last save (rank-local)
+        self._deleter: threading.Thread | None = None  # background deletion of pruned checkpoints
         self.loaded_path: Path | None = None
 
     # -- when -----------------------------------------------------------------------------------
@@ -415,7 +439,9 @@ class CheckpointManager:
         recorder.reset(step)
         client_state = {UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info(engine.module)}
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
+        t_written = time.monotonic()
         recorder.sync()
+        self.last_save_phases = {"write_s": t_written - t0, "fsync_s": time.monotonic() - t_written}
 
         rng_states = _gather(capture_rng_state())
         error = recorder.error
@@ -442,7 +468,9 @@ class CheckpointManager:
 
         result = None
         if rank == 0:
+            t_commit = time.monotonic()
             result = self._commit(path, step, errors, records)
+            self.last_save_phases["commit_and_prune_s"] = time.monotonic() - t_commit
         result = _broadcast(result)
         if result is not None:
             raise CheckpointSaveError(
@@ -489,18 +517,33 @@ class CheckpointManager:
         return None
 
     def _prune(self, newest: int) -> None:
-        """Rank 0: keep the newest `keep_last` committed checkpoints; remove older ones and stale partials."""
+        """Rank 0: keep the newest `keep_last` committed checkpoints; remove older ones and stale partials.
+
+        Each is first renamed out of the `step_*` namespace (atomic: never seen half-deleted), then
+        deleted in a background thread so the training goes on meanwhile.
+        """
+        doomed = [p for p in self.root.glob(".deleting.*") if p.is_dir()]  # left by an earlier process
         kept = 0
         for p in list_checkpoints(self.root):
-            s = step_of(p)
             if (p / manifest.COMPLETE).is_file():
                 kept += 1
                 if kept <= self.cfg.keep_last:
                     continue
-            elif s >= newest:
+            elif step_of(p) >= newest:
                 continue
             logger.info("deleting old checkpoint %s", p.name)
-            shutil.rmtree(p, ignore_errors=True)
+            target = self.root / f".deleting.{p.name}"
+            try:
+                os.replace(p, target)
+                doomed.append(target)
+            except OSError:
+                shutil.rmtree(p, ignore_errors=True)
+        if doomed:
+            if self._deleter is not None:
+                self._deleter.join()
+            # not a daemon: the interpreter waits for it at exit, so no half-deleted folder is left behind
+            self._deleter = threading.Thread(target=_rmtrees, args=(doomed,), name="ckpt-prune")
+            self._deleter.start()
 
     # -- resume ---------------------------------------------------------------------------------
 
