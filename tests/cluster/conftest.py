@@ -7,6 +7,7 @@ also when a test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -51,6 +52,8 @@ def _testbed_dir(prefix: str) -> Path:
 
 @pytest.fixture(scope="session")
 def node_isolation():
+    if os.geteuid() != 0:
+        pytest.skip("simulated nodes need root (mount namespaces; munged/slurmd/sshd run as system users)")
     reason = _private_shm_works()
     if reason:
         pytest.skip(reason)
