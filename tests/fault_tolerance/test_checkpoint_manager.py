@@ -31,7 +31,7 @@ def _exact_resume(rank, world, run_dir, zero_stage):
     return first, straight, resumed, state["step"], state["mlflow_run_id"], str(path)
 
 
-@pytest.mark.parametrize("zero_stage", [2])  # ZeRO-1 (TP=2): the end-to-end test
+@pytest.mark.parametrize("zero_stage", [2, 3])  # ZeRO-1 (TP=2): the end-to-end test
 def test_resume_is_exact(tmp_path, zero_stage):
     res = run_ranks(2, _exact_resume, str(tmp_path), zero_stage)
     first, straight, resumed, step, run_id, path = res[0]
