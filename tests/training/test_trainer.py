@@ -84,7 +84,9 @@ def test_resume_equals_uninterrupted_dp2_zero2(tiny_data, tmp_path):
 def test_gradient_accumulation_updates_once_per_global_batch(tiny_data, tmp_path):
     extra = ["parallel.tp=1", "train.micro_batch_size=2", "train.global_batch_size=8", "train.steps=3"]
     [r] = run_ranks(1, _train, tiny_data, tmp_path / "acc", extra)
-    assert r["code"] == 0 and r["optimizer_steps"] == 3 and r["micro_steps"] == 12  # 8 = 2 x 4 accumulation x 1
+    assert (
+        r["code"] == 0 and r["optimizer_steps"] == 3 and r["micro_steps"] == 12
+    )  # 8 = 2 x 4 accumulation x 1
 
 
 def test_zero3_at_tp1_trains_and_captions(tiny_data, tmp_path):
