@@ -360,6 +360,15 @@ def convert_to_universal(ckpt_dir: Path, out_dir: Path) -> None:
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The converter copies every entry of the module state dict as a tensor (`tensor.float()`);
+    # Megatron layers add `*._extra_state` entries that are None. Mark them as done beforehand
+    # (the converter skips names whose fp32.pt exists; the loader only reads real parameters).
+    for f in sorted(ckpt_dir.glob("mp_rank_*_model_states.pt")):
+        module = torch.load(f, map_location="cpu", weights_only=False).get("module") or {}
+        for name, value in module.items():
+            if not torch.is_tensor(value):
+                (out_dir / "zero" / name).mkdir(parents=True, exist_ok=True)
+                torch.save({"param": torch.zeros(0)}, out_dir / "zero" / name / "fp32.pt")
     args = argparse.Namespace(
         input_folder=str(ckpt_dir),
         output_folder=str(out_dir),

@@ -84,7 +84,8 @@ def test_crash_while_saving_then_preemption_then_resume_is_exact(data, straight,
 
 
 def test_kill9_of_one_rank_exits_without_hanging_and_resumes(data, tmp_path):
-    """TP=1 x DP=2, ZeRO-2: SIGKILL one rank mid-run; the other leaves within the timeout; resume redoes exactly."""
+    """TP=1 x DP=2, ZeRO-2: SIGKILL one rank mid-run; the other leaves within the timeout; resume redoes exactly;
+    then the run continues at DP=1 with its optimizer state (universal checkpoint)."""
     dir_ = tmp_path / "run"
     ov = overrides(
         data,
@@ -114,6 +115,14 @@ def test_kill9_of_one_rank_exits_without_hanging_and_resumes(data, tmp_path):
     assert 5 in redone  # steps after checkpoint 4 ran twice, with identical losses
     for s in redone:
         assert len(set(losses[s])) == 1, (s, losses[s])
+
+    # the same run goes on with one process (DP 2 -> 1): the ZeRO-2 optimizer state is re-partitioned
+    # through a DeepSpeed universal checkpoint of the real MetaLM (Megatron layers and all)
+    codes, out = run([*ov, "train.steps=14"], tmp_path / "logs", nproc=1)
+    assert codes == [0], out[-3000:]
+    assert "converting it to a DeepSpeed universal checkpoint" in out and "resumed at step 12" in out
+    losses = logged_losses(dir_.parent / "mlflow.db", run_id(dir_))
+    assert all(math.isfinite(losses[s][0]) for s in (13, 14)) and losses[13][0] < losses[1][0]
 
 
 def test_nan_steps_skipped_then_rollback_then_stop(data, tmp_path):
