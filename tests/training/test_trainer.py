@@ -89,6 +89,19 @@ def test_gradient_accumulation_updates_once_per_global_batch(tiny_data, tmp_path
     )  # 8 = 2 x 4 accumulation x 1
 
 
+def test_unreachable_tracking_server_does_not_stop_training(tiny_data, tmp_path):
+    from tests.distributed import free_port
+
+    extra = [
+        "parallel.tp=1",
+        "train.steps=2",
+        "tracking.enabled=true",
+        f"tracking.uri=http://127.0.0.1:{free_port()}",
+    ]
+    [r] = run_ranks(1, _train, tiny_data, tmp_path / "down", extra)
+    assert r["code"] == 0 and [s for s, _ in r["losses"]] == [1, 2]
+
+
 def test_zero3_at_tp1_trains_and_captions(tiny_data, tmp_path):
     extra = [
         "parallel.tp=1",
