@@ -53,7 +53,10 @@ class DataConfig:
     shuffle: bool = True  # shuffle training samples (streaming's deterministic, resumable shuffle)
     shuffle_seed: int = 9176  # seed of the sample order and of span sampling
     batching: Literal["random", "per_stream"] = (
-        "random"  # streaming batching_method (per_stream: one stream per batch)
+        "random"  # streaming batching_method (per_stream: 1 stream/batch)
+    )
+    clean_stale_shm: bool = (
+        True  # at start, free streaming shared memory of crashed jobs (off: jobs share a node)
     )
     image_mean: list[float] = field(
         default_factory=lambda: [0.48145466, 0.4578275, 0.40821073]

@@ -92,7 +92,8 @@ class Trainer:
         self.grad_accum = cfg.grad_accum_steps(topology.world_size)
         self.dtype = DTYPES[cfg.train.precision]
 
-        clean_stale_shared_memory()
+        if cfg.data.clean_stale_shm:
+            clean_stale_shared_memory()
         self.train_loader = build_loader(cfg.data, cfg.model, topology, cfg.train.micro_batch_size, "train")
         self.val_loader = (build_loader(cfg.data, cfg.model, topology, cfg.train.micro_batch_size, "val")
                            if cfg.data.val and cfg.eval.batches > 0 else None)
@@ -177,13 +178,15 @@ class Trainer:
     def batches(self) -> Iterator[Batch]:
         """Training batches forever (epoch after epoch); the loader's state resumes mid-epoch."""
         while True:
-            yielded = False
-            for batch in self.train_loader:
-                yielded = True
-                yield batch
-            if not yielded:
+            it = iter(self.train_loader)
+            rng = torch.get_rng_state()
+            batch = next(it, None)  # starting a DataLoader iterator draws a seed from the global RNG: undo it,
+            torch.set_rng_state(rng)  # so dropout masks do not depend on where a resumed run started an epoch
+            if batch is None:
                 raise RuntimeError("the training loader yielded no batch: fewer samples per DP rank than "
                                    "train.micro_batch_size; add data or lower the micro batch size")
+            yield batch
+            yield from it
 
     # ---- step boundary ------------------------------------------------------------------------
     def after_step(self, m: dict[str, float]) -> None:
