@@ -28,7 +28,12 @@ def make_data(root: Path) -> Path:
 def overrides(data: Path, run_dir: Path, **extra) -> list[str]:
     from tests.training.shards import config_overrides
 
-    base = {
+    base = {  # the layout the tests name (TP=2 x DP=1 with 2 ranks, ZeRO-1, fp32), whatever debug.yaml says
+        "parallel.tp": 2,
+        "train.zero_stage": 1,
+        "train.precision": "fp32",
+        "model.dropout": 0.1,  # dropout on: exact resume needs every RNG state (incl. the Megatron tracker)
+        "model.attention_dropout": 0.1,
         "eval.caption_samples": 0,
         "eval.batches": 0,
         "train.steps": 12,
