@@ -429,20 +429,13 @@ class CheckpointManager:
         path = self.root / tag
         rank = _rank()
 
-        # A committed checkpoint of this step already exists (e.g. preempted right after an
-        # interval save): nothing to do. A partial one (crashed save) is removed first.
-        status = None
-        if rank == 0:
-            status = "committed" if (path / manifest.COMPLETE).is_file() else "absent"
-            if status == "absent" and path.exists():
-                logger.warning("removing partial checkpoint %s left by an interrupted save", path)
-                shutil.rmtree(path, ignore_errors=True)
-            self.root.mkdir(parents=True, exist_ok=True)
-        status = _broadcast(status)
-        if status == "committed":
+        if step == self.last_saved_step:  # saved (or resumed from) by this process already: same on all ranks
             logger.info("checkpoint %s already committed; not saving it again", path)
-            self._saved(step, t0)
             return path
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._clear_way(step)
+        _barrier()
 
         recorder = _install_recorder(engine)
         recorder.reset(step)
@@ -488,6 +481,35 @@ class CheckpointManager:
         self._saved(step, t0)
         logger.info("checkpoint %s committed in %.2fs", path, self.last_save_seconds)
         return path
+
+    def _clear_way(self, step: int) -> None:
+        """Rank 0, before writing checkpoint `step`: move aside what is in its way or now stale.
+
+        A folder of the same step is a partial save, a damaged checkpoint skipped on resume, or one
+        of an abandoned trajectory (resumed from an older checkpoint): it is deleted. Committed
+        checkpoints of later steps belong to an abandoned trajectory: they are renamed
+        `.superseded.step_*` (kept for the user, never resumed).
+        """
+        doomed = []
+        for p in list_checkpoints(self.root):
+            s = step_of(p)
+            if s == step:
+                logger.warning("replacing %s (partial, damaged or from an abandoned run)", p.name)
+                target = self.root / f".deleting.{p.name}.{os.getpid()}"
+                os.replace(p, target)
+                doomed.append(target)
+            elif s > step:
+                target = self.root / f".superseded.{p.name}"
+                shutil.rmtree(target, ignore_errors=True)
+                logger.warning(
+                    "checkpoint %s is newer than this run's step %d (an abandoned trajectory): "
+                    "renamed to %s; delete it when not needed",
+                    p.name,
+                    step,
+                    target.name,
+                )
+                os.replace(p, target)
+        _rmtrees(doomed)
 
     def _saved(self, step: int, t0: float) -> None:
         self.last_saved_step = step

@@ -100,7 +100,10 @@ def _damaged(rank, world, run_dir):
         mgr2 = CheckpointManager(CheckpointConfig(), Path(run_dir))
         path, skipped = mgr2.find_valid(list_checkpoints(root))
         state = mgr2.load(eng2, path)
-        reports[how] = (name, skipped, state["step"], train_steps(eng2, 1) == after2)
+        same = train_steps(eng2, 1) == after2
+        train_steps(eng2, 1)
+        mgr2.save(eng2, 4, {"step": 4})  # the run reaches step 4 again: the damaged folder is replaced
+        reports[how] = (name, skipped, state["step"], same, mgr2.verify(root / "step_00000004"))
         if rank == 0:
             import shutil
 
@@ -112,10 +115,11 @@ def _damaged(rank, world, run_dir):
 
 def test_damaged_checkpoints_are_reported_and_skipped(tmp_path):
     reports = run_ranks(2, _damaged, str(tmp_path))[0]
-    for how, (name, skipped, step, same) in reports.items():
+    for how, (name, skipped, step, same, problems_after_resave) in reports.items():
         assert step == 2, how  # the previous checkpoint was used ...
         assert same, how  # ... and resumed exactly
         assert any(name in s and "step_00000004" in s for s in skipped), (how, skipped)
+        assert problems_after_resave == [], (how, problems_after_resave)
 
 
 def _disk_full(rank, world, run_dir):
