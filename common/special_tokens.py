@@ -10,7 +10,14 @@ IMAGE_ID = 4
 END_IMAGE_ID = 5
 END_DOC_ID = 6
 
-SPECIAL_TOKENS = {PAD: PAD_ID, BOS: BOS_ID, EOS: EOS_ID, UNK: UNK_ID, IMAGE: IMAGE_ID,
-                  END_IMAGE: END_IMAGE_ID, END_DOC: END_DOC_ID}
+SPECIAL_TOKENS = {
+    PAD: PAD_ID,
+    BOS: BOS_ID,
+    EOS: EOS_ID,
+    UNK: UNK_ID,
+    IMAGE: IMAGE_ID,
+    END_IMAGE: END_IMAGE_ID,
+    END_DOC: END_DOC_ID,
+}
 # Given to sentencepiece as user-defined symbols (pad/bos/eos/unk use its own *_id options).
 USER_DEFINED_SYMBOLS = [IMAGE, END_IMAGE, END_DOC]

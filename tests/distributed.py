@@ -15,7 +15,8 @@ import multiprocessing as mp
 import os
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -29,8 +30,13 @@ def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, env: dic
 
     torch.set_num_threads(1)
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), **env,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        **env,
     )
     try:
         q.put((rank, True, fn(rank, world, *args)))
@@ -46,13 +52,17 @@ def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, env: dic
             pass
 
 
-def run_ranks(world_size: int, fn: Callable, *args: Any, timeout: float = 300, env: dict | None = None) -> list:
+def run_ranks(
+    world_size: int, fn: Callable, *args: Any, timeout: float = 300, env: dict | None = None
+) -> list:
     """Run fn(rank, world_size, *args) in `world_size` forked processes; return results by rank."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_child, args=(r, world_size, port, fn, args, env or {}, q), daemon=True)
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_child, args=(r, world_size, port, fn, args, env or {}, q), daemon=True)
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
@@ -74,7 +84,9 @@ def run_ranks(world_size: int, fn: Callable, *args: Any, timeout: float = 300, e
                     # a child died without reporting (segfault, os._exit): give others a moment, then fail
                     time.sleep(0.5)
                     if q.empty():
-                        raise RuntimeError(f"rank process exited with code {dead[0].exitcode} without a result")
+                        raise RuntimeError(
+                            f"rank process exited with code {dead[0].exitcode} without a result"
+                        ) from None
                 continue
             if ok:
                 results[rank] = value

@@ -83,6 +83,12 @@ def run_with_trainer(config: str | None, overrides: list[str], fn: Callable, nam
 
     rank = env_rank()
     setup_logging(rank)
+    preemption = None
+    if name == "train":  # first thing: a SIGUSR1/SIGTERM during the minutes of set-up is kept, not fatal
+        from training.preemption import PreemptionHandler
+
+        preemption = PreemptionHandler()
+        preemption.install()
     try:
         cfg, tok_sha = prepare(config, overrides)
     except UserError as e:
@@ -95,7 +101,7 @@ def run_with_trainer(config: str | None, overrides: list[str], fn: Callable, nam
     log_file = add_rank_log_file(cfg.run_dir, rank, name)
     try:
         topo = init_distributed(cfg.parallel)
-        trainer = Trainer(cfg, topo, tokenizer_sha256=tok_sha)
+        trainer = Trainer(cfg, topo, tokenizer_sha256=tok_sha, preemption=preemption)
         if topo.rank == 0 and name == "train":
             write_run_files(trainer)
         if name != "train":

@@ -38,7 +38,9 @@ class Batch:
         return int(self.loss_mask.sum().item())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return Batch(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        )
 
     @staticmethod
     def empty_spans(span_len: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

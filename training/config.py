@@ -89,7 +89,7 @@ class TrainConfig:
     global_batch_size: int = 8  # samples per optimizer step = micro_batch_size x grad accumulation x DP
     micro_batch_size: int = 8  # samples per forward/backward on one rank
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # fp32 on CPU (bf16 matmuls are >100x slower there)
-    zero_stage: int = 1  # DeepSpeed ZeRO stage 0-3 (3 only with parallel.tp=1)
+    zero_stage: int = 1  # DeepSpeed ZeRO stage 1-3 (3 only with parallel.tp=1; 0 only with fp16)
     fp16_initial_scale_power: int = 16  # fp16 dynamic loss scale starts at 2**this
     log_interval: int = 10  # steps between console progress lines and MLflow metric flushes
     peak_tflops: float = 0.0  # peak dense TFLOP/s of one device in the chosen precision, for MFU (0 = no MFU)
@@ -166,7 +166,7 @@ class TrainingConfig:
         p: list[str] = []
         t, tp = self.train, self.parallel.tp
         p += self.parallel.problems(world_size)
-        p += self.model.problems(tp, world_size)
+        p += self.model.problems(tp, None)  # TP vs world size is reported once, by parallel.problems
         p += self.checkpoint.problems()
         dp = self.dp_size(world_size)
         if t.steps < 1:
@@ -181,6 +181,12 @@ class TrainingConfig:
             )
         if t.zero_stage not in (0, 1, 2, 3):
             p.append(f"train.zero_stage={t.zero_stage} must be 0, 1, 2 or 3")
+        elif t.zero_stage == 0 and t.precision != "fp16":
+            p.append(
+                f"train.zero_stage=0 with precision={t.precision}: DeepSpeed's stage-0 optimizer cannot skip a "
+                "non-finite update (NaN weights instead of a skipped step); use train.zero_stage=1 (same "
+                "maths, optimizer states sharded over DP)"
+            )
         if t.zero_stage == 3 and tp > 1:
             p.append(
                 f"train.zero_stage=3 with parallel.tp={tp}: DeepSpeed cannot train ZeRO-3 together with tensor "

@@ -48,8 +48,14 @@ def deepspeed_config(cfg: TrainingConfig, world_size: int) -> dict:
         "zero_optimization": {"stage": t.zero_stage},
         "zero_allow_untested_optimizer": True,  # our client optimizer is torch AdamW / FusedAdam
         "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": t.precision == "fp16", "loss_scale": 0, "initial_scale_power": t.fp16_initial_scale_power,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": {
+            "enabled": t.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": t.fp16_initial_scale_power,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
         "steps_per_print": 1 << 30,  # we report progress ourselves
         "wall_clock_breakdown": False,
     }
@@ -61,14 +67,22 @@ def deepspeed_config(cfg: TrainingConfig, world_size: int) -> dict:
 class Trainer:
     """Owns the engine, the loaders, checkpoints and tracking of one training job."""
 
-    def __init__(self, cfg: TrainingConfig, topology, tokenizer_sha256: str | None = None):
+    def __init__(self, cfg: TrainingConfig, topology, tokenizer_sha256: str | None = None, preemption=None):
         import deepspeed
 
         from parallel.mpu import TopologyMPU
         from training.data import build_loader, clean_stale_shared_memory
         from training.model.metalm import MetaLM
+        from training.preemption import PreemptionHandler
 
         self.cfg, self.topo = cfg, topology
+        if (
+            preemption is None
+        ):  # `python -m training` installs it before anything else; a signal during set-up is kept
+            preemption = PreemptionHandler()
+            preemption.install()
+        self.preemption = preemption
+        self.watchdog = None
         self.run_dir = cfg.run_dir
         self.tokenizer_sha256 = tokenizer_sha256
         self.step = 0
@@ -76,7 +90,11 @@ class Trainer:
         self.losses: list[tuple[int, float]] = []  # (step, DP-mean loss) of every step this process ran
         torch.manual_seed(cfg.parallel.seed + topology.dp_rank)  # same on the ranks of a TP group
 
-        for k, v in (("LOCAL_RANK", topology.local_rank), ("RANK", topology.rank), ("WORLD_SIZE", topology.world_size)):
+        for k, v in (
+            ("LOCAL_RANK", topology.local_rank),
+            ("RANK", topology.rank),
+            ("WORLD_SIZE", topology.world_size),
+        ):
             os.environ.setdefault(k, str(v))  # a plain single process: DeepSpeed and streaming read these
         model = MetaLM(cfg.model, topology)
         if cfg.checkpoint.load_weights_from:  # exported weights, any TP/DP; before DeepSpeed copies them
@@ -86,33 +104,48 @@ class Trainer:
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
         self.ds_config = deepspeed_config(cfg, topology.world_size)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    config=self.ds_config, mpu=TopologyMPU(topology),
-                                                    dist_init_required=False)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=self.ds_config,
+            mpu=TopologyMPU(topology),
+            dist_init_required=False,
+        )
         self.grad_accum = cfg.grad_accum_steps(topology.world_size)
         self.dtype = DTYPES[cfg.train.precision]
 
         if cfg.data.clean_stale_shm:
             clean_stale_shared_memory()
         self.train_loader = build_loader(cfg.data, cfg.model, topology, cfg.train.micro_batch_size, "train")
-        self.val_loader = (build_loader(cfg.data, cfg.model, topology, cfg.train.micro_batch_size, "val")
-                           if cfg.data.val and cfg.eval.batches > 0 else None)
+        self.val_loader = (
+            build_loader(cfg.data, cfg.model, topology, cfg.train.micro_batch_size, "val")
+            if cfg.data.val and cfg.eval.batches > 0
+            else None
+        )
         self.ckpt = CheckpointManager(cfg.checkpoint, self.run_dir, topology)
-        self.tracker = Tracker(cfg.tracking, cfg.tracking_uri(), enabled=topology.rank == 0,
-                               artifact_root=self.run_dir.resolve().parent / "mlartifacts")
+        self.tracker = Tracker(
+            cfg.tracking,
+            cfg.tracking_uri(),
+            enabled=topology.rank == 0,
+            artifact_root=self.run_dir.resolve().parent / "mlartifacts",
+        )
         self.progress = Progress(cfg.train.steps, enabled=topology.rank == 0)
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
         """Train to `train.steps`; returns an exit code (OK, or PREEMPTED after saving)."""
-        from training.preemption import PreemptionHandler
         from training.watchdog import Watchdog
 
         self.resume()
         self.start_tracking()
-        preemption = PreemptionHandler()
-        preemption.install()
-        watchdog = Watchdog(self.cfg.train.watchdog_timeout_s, self.run_dir) if self.cfg.train.watchdog_timeout_s > 0 else None
+        preemption = self.preemption
+        watchdog = (
+            Watchdog(self.cfg.train.watchdog_timeout_s, self.run_dir)
+            if self.cfg.train.watchdog_timeout_s > 0
+            else None
+        )
+        self.watchdog = watchdog
         if watchdog:
             watchdog.start()
         batches = self.batches()
@@ -133,8 +166,11 @@ class Trainer:
                     watchdog.beat(self.step)
                 self.after_step(metrics)
                 if preemption.should_stop():
-                    log.warning("preemption signal: saving a checkpoint at step %d, then exiting %d",
-                                self.step, exit_codes.PREEMPTED)
+                    log.warning(
+                        "preemption signal: saving a checkpoint at step %d, then exiting %d",
+                        self.step,
+                        exit_codes.PREEMPTED,
+                    )
                     self.save()
                     status = "KILLED"
                     return exit_codes.PREEMPTED
@@ -155,7 +191,9 @@ class Trainer:
         wait = 0.0
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = flops = 0.0
-        skipped = self.engine.skipped_steps  # DeepSpeed skips non-finite updates (fp16 overflow, inf/NaN grads)
+        skipped = (
+            self.engine.skipped_steps
+        )  # DeepSpeed skips non-finite updates (fp16 overflow, inf/NaN grads)
         fault_injection.stall(self.step + 1)  # TEST HOOK (METALM_TEST_STALL_STEP): a hung rank
         for _ in range(self.grad_accum):
             tw = time.perf_counter()
@@ -169,22 +207,33 @@ class Trainer:
             tokens += float((batch.tokens != PAD_ID).sum()) + batch.image_dest.numel()
             flops += flops_mod.batch_flops(self.cfg.model, batch)
         self.consumed_samples += self.cfg.train.global_batch_size
-        figures = self.dp_sum(torch.tensor([float(loss_sum), self.grad_accum, tokens, flops],
-                                           dtype=torch.float64)).tolist()
+        figures = self.dp_sum(
+            torch.tensor([float(loss_sum), self.grad_accum, tokens, flops], dtype=torch.float64)
+        ).tolist()
         step_time = time.perf_counter() - t0
-        return {"loss": figures[0] / figures[1], "step_time": step_time, "tokens": figures[2],
-                "flops": figures[3], "data_wait": wait, "skipped": self.engine.skipped_steps - skipped}
+        return {
+            "loss": figures[0] / figures[1],
+            "step_time": step_time,
+            "tokens": figures[2],
+            "flops": figures[3],
+            "data_wait": wait,
+            "skipped": self.engine.skipped_steps - skipped,
+        }
 
     def batches(self) -> Iterator[Batch]:
         """Training batches forever (epoch after epoch); the loader's state resumes mid-epoch."""
         while True:
             it = iter(self.train_loader)
             rng = torch.get_rng_state()
-            batch = next(it, None)  # starting a DataLoader iterator draws a seed from the global RNG: undo it,
+            batch = next(
+                it, None
+            )  # starting a DataLoader iterator draws a seed from the global RNG: undo it,
             torch.set_rng_state(rng)  # so dropout masks do not depend on where a resumed run started an epoch
             if batch is None:
-                raise RuntimeError("the training loader yielded no batch: fewer samples per DP rank than "
-                                   "train.micro_batch_size; add data or lower the micro batch size")
+                raise RuntimeError(
+                    "the training loader yielded no batch: fewer samples per DP rank than "
+                    "train.micro_batch_size; add data or lower the micro batch size"
+                )
             yield batch
             yield from it
 
@@ -193,11 +242,18 @@ class Trainer:
         ev, t = self.cfg.eval, self.cfg.train
         world = self.topo.world_size
         row = {
-            "loss": m["loss"], "lr": self.engine.get_lr()[0], "grad_norm": self.grad_norm(),
-            "loss_scale": self.loss_scale(), "step_time": m["step_time"],
-            "tokens_per_s": m["tokens"] / m["step_time"], "samples_per_s": t.global_batch_size / m["step_time"],
-            "data_wait_frac": m["data_wait"] / m["step_time"], "memory_gb": peak_memory_gb(),
-            "mfu": (m["flops"] / world / m["step_time"] / (t.peak_tflops * 1e12)) if t.peak_tflops > 0 else None,
+            "loss": m["loss"],
+            "lr": self.engine.get_lr()[0],
+            "grad_norm": self.grad_norm(),
+            "loss_scale": self.loss_scale(),
+            "step_time": m["step_time"],
+            "tokens_per_s": m["tokens"] / m["step_time"],
+            "samples_per_s": t.global_batch_size / m["step_time"],
+            "data_wait_frac": m["data_wait"] / m["step_time"],
+            "memory_gb": peak_memory_gb(),
+            "mfu": (m["flops"] / world / m["step_time"] / (t.peak_tflops * 1e12))
+            if t.peak_tflops > 0
+            else None,
         }
         self.last_metrics = row
         self.losses.append((self.step, m["loss"]))
@@ -207,19 +263,27 @@ class Trainer:
             self.progress.print_line(self.step)
             self.tracker.flush()
         if ev.interval_steps > 0 and self.step % ev.interval_steps == 0 and self.step < t.steps:
-            self.validate()
-        if ev.caption_interval_steps > 0 and self.step % ev.caption_interval_steps == 0 and self.step < t.steps:
-            self.log_captions()
+            with self.not_a_hang():
+                self.validate()
+        if (
+            ev.caption_interval_steps > 0
+            and self.step % ev.caption_interval_steps == 0
+            and self.step < t.steps
+        ):
+            with self.not_a_hang():
+                self.log_captions()
         if self.ckpt.should_save(self.step):
             self.save()
 
     def finish_training(self) -> None:
-        if self.val_loader is not None:
-            self.validate()
-        if self.cfg.eval.caption_samples > 0:
-            self.log_captions()
-        if self.ckpt.last_saved_step != self.step and (self.cfg.checkpoint.interval_steps > 0
-                                                       or self.cfg.checkpoint.interval_minutes > 0):
+        with self.not_a_hang():
+            if self.val_loader is not None:
+                self.validate()
+            if self.cfg.eval.caption_samples > 0:
+                self.log_captions()
+        if self.ckpt.last_saved_step != self.step and (
+            self.cfg.checkpoint.interval_steps > 0 or self.cfg.checkpoint.interval_minutes > 0
+        ):
             self.save()
         self.tracker.flush()
 
@@ -235,8 +299,9 @@ class Trainer:
             if i >= self.cfg.eval.batches:
                 break
             batch = self.to_device(batch)
-            total += torch.tensor([float(self.engine(batch, reduction="sum")), batch.num_loss_tokens()],
-                                  dtype=torch.float64)
+            total += torch.tensor(
+                [float(self.engine(batch, reduction="sum")), batch.num_loss_tokens()], dtype=torch.float64
+            )
         self.engine.train()
         total = self.dp_sum(total)
         val = float(total[0] / total[1].clamp(min=1))
@@ -277,21 +342,33 @@ class Trainer:
     # ---- checkpoints and tracking -------------------------------------------------------------
     def trainer_state(self) -> dict:
         return {
-            "step": self.step, "consumed_samples": self.consumed_samples,
-            "dataloader": self.train_loader.state_dict(), "mlflow_run_id": self.tracker.run_id,
-            "config_hash": self.cfg.hash(), "tokenizer_sha256": self.tokenizer_sha256,
+            "step": self.step,
+            "consumed_samples": self.consumed_samples,
+            "dataloader": self.train_loader.state_dict(),
+            "mlflow_run_id": self.tracker.run_id,
+            "config_hash": self.cfg.hash(),
+            "tokenizer_sha256": self.tokenizer_sha256,
             "vocab_size": self.cfg.model.vocab_size,
             "parallel": {"tp": self.topo.tp_size, "dp": self.topo.dp_size, "world": self.topo.world_size},
         }
 
     def save(self) -> Path:
-        return self.ckpt.save(self.engine, self.step, self.trainer_state())
+        with self.not_a_hang():
+            return self.ckpt.save(self.engine, self.step, self.trainer_state())
+
+    def not_a_hang(self):
+        """Long step-boundary work (save, validation, captions) is not a hang for the watchdog."""
+        import contextlib
+
+        return self.watchdog.paused() if self.watchdog is not None else contextlib.nullcontext()
 
     def rollback(self) -> None:
         """Too many non-finite steps in a row: reload the newest valid checkpoint (weights, optimizer, data)."""
         if self.resume(newest=True) is None:
-            raise TooManyBadSteps(f"non-finite steps in a row at step {self.step} and no checkpoint to roll back "
-                                  "to: lower optim.lr or check the data")
+            raise TooManyBadSteps(
+                f"non-finite steps in a row at step {self.step} and no checkpoint to roll back "
+                "to: lower optim.lr or check the data"
+            )
 
     def resume(self, newest: bool = False) -> dict | None:
         expect = {"vocab_size": self.cfg.model.vocab_size}
@@ -310,8 +387,11 @@ class Trainer:
         for group, lr in zip(sched.optimizer.param_groups, sched.get_lr()):
             group["lr"] = lr
         if state.get("config_hash") not in (None, self.cfg.hash()):
-            log.warning("the config differs from the checkpoint's (hash %s vs %s): continuing with the new one",
-                        state.get("config_hash"), self.cfg.hash())
+            log.warning(
+                "the config differs from the checkpoint's (hash %s vs %s): continuing with the new one",
+                state.get("config_hash"),
+                self.cfg.hash(),
+            )
         log.info("resumed at step %d (%d samples consumed)", self.step, self.consumed_samples)
         return state
 
@@ -319,15 +399,25 @@ class Trainer:
         from training import config_io
 
         t = self.topo
-        tags = {"parallel.layout": f"tp{t.tp_size}xdp{t.dp_size}", "parallel.world_size": t.world_size,
-                "zero_stage": self.cfg.train.zero_stage, "precision": self.cfg.train.precision,
-                "git_commit": git_commit(), "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-                "run_dir": str(self.run_dir.resolve()), "config_hash": self.cfg.hash()}
+        tags = {
+            "parallel.layout": f"tp{t.tp_size}xdp{t.dp_size}",
+            "parallel.world_size": t.world_size,
+            "zero_stage": self.cfg.train.zero_stage,
+            "precision": self.cfg.train.precision,
+            "git_commit": git_commit(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "run_dir": str(self.run_dir.resolve()),
+            "config_hash": self.cfg.hash(),
+        }
         resumed_id = self.tracker.run_id
         self.tracker.run_id = None
         run_id = self.tracker.start(resumed_id, config_io.flatten(self.cfg.to_dict()), tags)
         if run_id:  # where to find the run (printed by scripts/demo.sh)
-            info = {"tracking_uri": self.tracker.uri, "experiment": self.cfg.tracking.experiment, "run_id": run_id}
+            info = {
+                "tracking_uri": self.tracker.uri,
+                "experiment": self.cfg.tracking.experiment,
+                "run_id": run_id,
+            }
             (self.run_dir / "mlflow_run.json").write_text(json.dumps(info, indent=1) + "\n")
         if run_id and resumed_id != run_id:
             for name in ("config.yaml", "ds_config.json"):
@@ -383,7 +473,12 @@ def git_commit() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""

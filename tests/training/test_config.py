@@ -164,3 +164,12 @@ def test_lr_schedule():
     assert f[-1] == pytest.approx(0.1 + 0.9 / 100) and all(a >= b for a, b in zip(f[10:], f[11:]))
     c = [lr_factor(s, 0, 100, "cosine", 0.0) for s in range(101)]
     assert c[0] == 1.0 and c[50] == pytest.approx(0.5) and c[100] == pytest.approx(0.0)
+
+
+def test_zero0_without_fp16_and_tp_over_world_are_reported_once():
+    cfg = load_config(None, ["parallel.tp=4", "train.zero_stage=0", "train.precision=fp32"])
+    with pytest.raises(UserError) as e:
+        cfg.validate(world_size=2, check_data=False)
+    msg = str(e.value)
+    assert "train.zero_stage=0 with precision=fp32" in msg and "use train.zero_stage=1" in msg
+    assert msg.count("larger than the world size") == 1
