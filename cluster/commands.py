@@ -35,20 +35,7 @@ def torchrun_local(
     job: TrainingJob, python: str, nproc: int, shutdown_timeout_s: int = 600, log_dir: str | None = None
 ) -> list[str]:
     """torchrun on this machine: one node, `nproc` ranks, a private rendezvous (--standalone)."""
-    cmd = [
-        python,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc-per-node={nproc}",
-        "--max-restarts=0",
-        f"--signals-to-handle={FORWARDED_SIGNALS}",
-        f"--shutdown-timeout={shutdown_timeout_s}",
-    ]
-    if log_dir:
-        cmd += [f"--log-dir={log_dir}", "--redirects=3", "--tee=3"]
-    return cmd + ["-m", "cluster.worker", *job.module_args()]
+    return _torchrun(job, python, ["--standalone", "--nnodes=1"], nproc, shutdown_timeout_s, log_dir)
 
 
 def torchrun_node(
@@ -62,15 +49,21 @@ def torchrun_node(
     log_dir: str | None = None,
 ) -> list[str]:
     """One node's torchrun of a multi-node job (c10d rendezvous at `rdzv_endpoint` = host:port)."""
-    cmd = [
-        python,
-        "-m",
-        "torch.distributed.run",
+    rdzv = [
         f"--nnodes={nnodes}",
-        f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={rdzv_endpoint}",
         f"--rdzv-id={rdzv_id}",
+    ]
+    return _torchrun(job, python, rdzv, nproc, shutdown_timeout_s, log_dir)
+
+
+def _torchrun(
+    job: TrainingJob, python: str, rdzv: list[str], nproc: int, shutdown_timeout_s: int, log_dir: str | None
+) -> list[str]:
+    """`python -m torch.distributed.run RDZV... --nproc-per-node N ... -m cluster.worker JOB`."""
+    cmd = [python, "-m", "torch.distributed.run", *rdzv[:2], f"--nproc-per-node={nproc}", *rdzv[2:]]
+    cmd += [
         "--max-restarts=0",
         f"--signals-to-handle={FORWARDED_SIGNALS}",
         f"--shutdown-timeout={shutdown_timeout_s}",
