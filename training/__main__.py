@@ -22,6 +22,9 @@ from common.errors import UserError
 
 log = logging.getLogger("training")
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+warnings.filterwarnings(
+    "ignore", message="When using async grad allreduce"
+)  # a CUDA-stream hint, not for CPU
 
 FORMAT = "%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
 

@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -384,7 +385,12 @@ class Trainer:
         self.tracker.run_id = state.get("mlflow_run_id")
         # the restored optimizer holds the lr of the saved schedule; follow this config's schedule (e.g. more steps)
         sched = self.engine.lr_scheduler
-        for group, lr in zip(sched.optimizer.param_groups, sched.get_lr()):
+        with (
+            warnings.catch_warnings()
+        ):  # get_lr() outside step() is what we mean here: the schedule at this step
+            warnings.simplefilter("ignore", UserWarning)
+            lrs = sched.get_lr()
+        for group, lr in zip(sched.optimizer.param_groups, lrs):
             group["lr"] = lr
         if state.get("config_hash") not in (None, self.cfg.hash()):
             log.warning(
