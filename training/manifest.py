@@ -1,7 +1,8 @@
 """Checkpoint manifest: every file with its size and content hash, and the durable-write helpers.
 
-Hashes are computed while the bytes are written (`HashingWriter`), so a save does not read its
-shards back. The default hash is xxh3-128 (from `xxhash`, a dependency of mosaicml-streaming):
+The checkpoint manager hashes each DeepSpeed shard by reading it back right after it is written
+(`hash_file`, from the page cache), so the manifest describes the bytes on disk; small files it
+writes itself are hashed while written (`HashingWriter`). The default hash is xxh3-128 (from `xxhash`, a dependency of mosaicml-streaming):
 ~20 GB/s on one core against ~1.7 GB/s for sha256 here, and it detects corruption as well (this
 is an integrity check, not a defence against tampering). sha256 is used where xxhash is missing;
 the manifest records the algorithm, so either reads back.
