@@ -13,31 +13,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from parallel.local_ranks import free_port, local_rank_env
 
 
 def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, env: dict, q) -> None:
     import torch
 
     torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-        **env,
-    )
+    os.environ.update(local_rank_env(rank, world, port), **env)
     try:
         q.put((rank, True, fn(rank, world, *args)))
     except BaseException:  # noqa: BLE001 - report everything to the parent

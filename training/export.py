@@ -54,14 +54,9 @@ def _rank_main(rank: int, tp: int, port: int, ckpt_dir: str, cfg_path: str, outp
     import torch
 
     torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(tp),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(tp),
-    )
+    from parallel.local_ranks import local_rank_env
+
+    os.environ.update(local_rank_env(rank, tp, port))
     try:
         from parallel.config import ParallelConfig
         from parallel.groups import destroy_distributed, init_distributed
@@ -157,21 +152,15 @@ def export_checkpoint(ckpt_dir: str | Path, output: str | Path, verify_hashes: b
     return info
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_tp_ranks(tp: int, ckpt_dir: Path, cfg_path: Path, output: Path) -> dict:
     """Fork one CPU/gloo process per TP rank of the checkpoint; rank 0 writes the file."""
     import queue
 
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    port = _free_port()
+    from parallel.local_ranks import free_port
+
+    port = free_port()
     procs = [
         ctx.Process(target=_rank_main, args=(r, tp, port, str(ckpt_dir), str(cfg_path), str(output), q))
         for r in range(tp)

@@ -11,13 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from parallel.local_ranks import free_port  # noqa: F401  (re-exported for the testbed and its tests)
+
 logger = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
