@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.streaming_compat import ensure_streaming_importable  # noqa: E402
+from common.process_setup import setup_process  # noqa: E402
 
-ensure_streaming_importable()
+setup_process()
 
 
 def _raw_write(files: list[tuple[str, int]], out: Path, chunk: bytes) -> float:
@@ -58,7 +58,7 @@ def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
     import torch
     import torch.distributed as dist
 
-    from tests.fault_tolerance.toy_engine import init_gloo
+    from tests.training.checkpoint.toy_engine import init_gloo
     from training.checkpoint import CheckpointConfig, CheckpointManager
 
     init_gloo(rank, world)
@@ -127,7 +127,7 @@ def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
 
 
 def _job_bench(workdir: Path) -> dict:
-    from tests.fault_tolerance.jobs import Job, logged_losses, make_data, overrides, run_id
+    from tests.training.checkpoint.jobs import Job, logged_losses, make_data, overrides, run_id
 
     data = make_data(workdir / "data")
     out: dict = {}

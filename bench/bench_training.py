@@ -33,9 +33,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
 
-from common.streaming_compat import ensure_streaming_importable  # noqa: E402
+from common.process_setup import setup_process  # noqa: E402
 
-ensure_streaming_importable()
+setup_process()
 H100_BF16_PEAK = 989e12
 MFU_H100 = 0.40
 
@@ -199,7 +199,7 @@ def loader_rate(cfg, topo, path: Path, micro: int, batches: int) -> float:
     import dataclasses
 
     from training.config import StreamConfig
-    from training.data import build_loader
+    from training.data.loader import build_loader
 
     data = dataclasses.replace(cfg.data, train=[StreamConfig(path=str(path))], num_workers=1, shuffle=True)
     loader = build_loader(data, cfg.model, topo, micro, "train")

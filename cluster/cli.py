@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.exit_codes import FAILURE, OK, PREEMPTED, USER_ERROR
+from training.run_dir import RunDir
 
 from . import commands, hostfile
 from .commands import TrainingJob, shell_join
@@ -307,8 +308,8 @@ def job_exit_code(launcher_rc: int, exit_dir: Path) -> int:
     return launcher_rc
 
 
-def _exit_dir(run_dir: Path, tag: str) -> Path:
-    d = run_dir.resolve() / "logs" / f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+def _exit_dir(run_dir: RunDir, tag: str) -> Path:
+    d = run_dir.resolved().launcher_logs(tag)
     (d / "exit").mkdir(parents=True, exist_ok=True)
     return d
 
@@ -366,7 +367,7 @@ def mode_local(args) -> int:
         )
 
     if args.dry_run:
-        log_dir = cfg.run_dir.resolve() / "logs" / "local-<time>"
+        log_dir = cfg.run_dir.resolved().logs / "local-<time>"
         print(f"cd {shell_join([str(Path.cwd())])}")
         print(f"{EXIT_DIR_ENV}={shell_join([str(log_dir / 'exit')])} {shell_join(command(log_dir))}")
         return OK
@@ -434,13 +435,12 @@ def mode_slurm(args) -> int:
     if problems:
         raise UserError(problems)
     cfg = check_training_config(job, opts.world_size, check_data=not args.skip_data_check)
-    run_dir = cfg.run_dir.resolve()
+    run = cfg.run_dir.resolved()
+    run_dir = run.root
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    script = run_dir / "logs" / f"sbatch-{stamp}.sh"
+    script = run.sbatch_script(stamp)
     # the job (and every requeue of it) reads a frozen copy: later edits of the file do not leak in
-    frozen = TrainingJob(
-        str(run_dir / "logs" / f"sbatch-{stamp}-{Path(job.config).name}"), job.overrides, job.module
-    )
+    frozen = TrainingJob(str(run.frozen_config(stamp, Path(job.config).name)), job.overrides, job.module)
     text = render_sbatch(opts, frozen, run_dir, Path.cwd(), _python())
     if args.dry_run:
         logger.info(
@@ -452,16 +452,16 @@ def mode_slurm(args) -> int:
         )
         print(text, end="")
         return OK
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    run.logs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(job.config, frozen.config)
     script.write_text(text)
     check_syntax(script)
     job_id = submit(script)
     print(f"submitted job {job_id}")
     print(f"  script:     {script}")
-    print(f"  batch log:  {run_dir / 'logs' / f'slurm-{job_id}.out'}")
-    print(f"  rank logs:  {run_dir / 'logs' / f'slurm-{job_id}'}/restart-<N>/")
-    print(f"  checkpoints:{run_dir / 'checkpoints'}")
+    print(f"  batch log:  {run.slurm_batch_log(job_id)}")
+    print(f"  rank logs:  {run.slurm_rank_logs(job_id)}/restart-<N>/")
+    print(f"  checkpoints:{run.checkpoints}")
     print(f"  watch:      squeue -j {job_id}; scontrol show job {job_id}")
     return OK
 

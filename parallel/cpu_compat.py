@@ -5,7 +5,7 @@ Applied by `apply_cpu_compat()` (called from `parallel.init_distributed`) only w
 - Megatron's RNG tracker (`get_cuda_rng_tracker()`) runs on the CPU generator, so `tracker.fork()`
   gives each TP rank its own dropout stream exactly as on GPU, and Megatron's activation
   checkpoint (`tensor_parallel.checkpoint`) saves and replays the CPU RNG + tracker states.
-- model-parallel seeding (`model_parallel_seed`) for the CPU tracker.
+- the RNG tracker seeded on the CPU generator (`parallel.seeding.seed_rng_streams` calls it).
 - Megatron's global memory buffer allocates on the CPU instead of `torch.cuda.current_device()`.
 - DeepSpeed's shared-memory comm op is not JIT-built (~37 s on every fresh machine; gloo needs none).
 - `allow_fp16_on_cpu()` (tests only, opt-in): lets DeepSpeed accept fp16 on a CPU without native fp16.
@@ -99,34 +99,6 @@ def _tracker_class():
     if _TRACKER_CLS is None:
         _TRACKER_CLS = _make_cpu_tracker_class()
     return _TRACKER_CLS
-
-
-def model_parallel_seed(seed: int, tp_rank: int, dp_rank: int = 0) -> None:
-    """Seed the default generator (same on the ranks of a TP group) and the TP tracker (per TP rank).
-
-    Replicated activations (hidden dropout) draw from the default generator and so get identical masks
-    on the ranks of one TP group; split activations (attention-probability dropout) draw inside
-    `get_cuda_rng_tracker().fork()` and get a different mask on each TP rank, as Megatron does on GPU.
-    """
-    from megatron.core.tensor_parallel import random as mrandom
-
-    default_seed = seed + 100 * dp_rank
-    tp_seed = seed + 2718 + tp_rank
-    if has_gpu():
-        # Megatron's own seeding: TP stream = seed + 2718 + tp_rank, as on CPU below.
-        mrandom.model_parallel_cuda_manual_seed(
-            seed, tp_rank=tp_rank, ep_rank=0, etp_rank=0, force_reset_rng=True
-        )
-        torch.manual_seed(default_seed)
-        torch.cuda.manual_seed(default_seed)
-        return
-    torch.manual_seed(default_seed)
-    install_cpu_rng_tracker()
-    tracker = mrandom.get_cuda_rng_tracker()
-    tracker.reset()
-    tracker.add(DATA_PARALLEL_RNG, default_seed)
-    tracker.add(MODEL_PARALLEL_RNG, tp_seed)
-    tracker.add(EXPERT_PARALLEL_RNG, seed + 1024 + tp_rank)
 
 
 def install_cpu_global_memory_buffer() -> None:

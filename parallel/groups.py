@@ -23,6 +23,7 @@ import torch.distributed as dist
 from common.errors import UserError
 from parallel import cpu_compat
 from parallel.config import ParallelConfig
+from parallel.seeding import seed_rng_streams
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def init_distributed(cfg: ParallelConfig) -> Topology:
         dp_group=parallel_state.get_data_parallel_group(),
         device=device,
     )
-    cpu_compat.model_parallel_seed(cfg.seed, tp_rank=topo.tp_rank, dp_rank=topo.dp_rank)
+    seed_rng_streams(cfg.seed, tp_rank=topo.tp_rank, dp_rank=topo.dp_rank)
     log.info("distributed initialized: %s backend=%s device=%s", topo.describe(), backend, device)
     return topo
 

@@ -1,10 +1,4 @@
-"""MetaLM training: config, model, semi-causal data, DeepSpeed loop, checkpoints, tracking."""
+"""MetaLM training: config/, model/, data/, the DeepSpeed engine and loop (engine.py, trainer.py),
+checkpoint/, resilience/, tracking; export and the learning check consume a trained run.
 
-import warnings
-
-from common.streaming_compat import ensure_streaming_importable
-
-ensure_streaming_importable()
-# megatron-core says this at import on every machine without apex/TE (CPU, or GPU without the extras);
-# it falls back to torch ops, which is what the README documents.
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+Importing changes no process state: entry points call `common.process_setup.setup_process()`."""

@@ -12,7 +12,7 @@ ZeRO-1/2 checkpoints export the module weights (the training precision: fp32 run
 ZeRO-3 checkpoints (TP=1) export DeepSpeed's consolidated fp32 master weights.
 
 A run starts from an exported file at any TP/DP with `checkpoint.load_weights_from=FILE`
-(`load_exported_weights`, called on the model before `deepspeed.initialize`); the optimizer
+(`training.checkpoint.exported_weights.load_exported_weights`, called on the model before `deepspeed.initialize`); the optimizer
 state starts fresh in that case (documented in the README). To keep the optimizer state across a
 DP change, resume the checkpoint itself: CheckpointManager converts it to a DeepSpeed universal
 checkpoint.
@@ -113,7 +113,7 @@ def _rank_main(rank: int, tp: int, port: int, ckpt_dir: str, cfg_path: str, outp
 
 def export_checkpoint(ckpt_dir: str | Path, output: str | Path, verify_hashes: bool = True) -> dict:
     """Verify `ckpt_dir`, gather it into `output` (.safetensors), write config.yaml + tokenizer/ beside it."""
-    from training import manifest
+    from training.checkpoint import manifest
     from training.config import load_config
 
     ckpt_dir, output = Path(ckpt_dir), Path(output)
@@ -190,31 +190,6 @@ def _run_tp_ranks(tp: int, ckpt_dir: Path, cfg_path: Path, output: Path) -> dict
     return results[0]
 
 
-def load_exported_weights(model, path: str | Path, topology) -> None:
-    """Load an exported file into `model` (any TP size): call before deepspeed.initialize.
-
-    Shapes are checked against the model (UserError naming every mismatch)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from training.model.tp_shards import load_full_state_dict
-
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "metalm-full":
-        raise UserError(
-            f"checkpoint.load_weights_from={str(path)!r} was not written by `python -m training.export`"
-        )
-    load_full_state_dict(model, load_file(str(path)), topology)
-    logger.info(
-        "initialized weights from %s (exported at step %s, TP %s)",
-        path,
-        meta.get("step"),
-        meta.get("saved_tp"),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -237,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the gather runs on CPU/gloo
-    from common.streaming_compat import ensure_streaming_importable
+    from common.process_setup import setup_process
 
-    ensure_streaming_importable()
+    setup_process()
     sys.exit(main())

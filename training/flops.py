@@ -7,7 +7,7 @@ norms/softmax not counted; frozen vision layers counted as trainable (upper boun
 
 from __future__ import annotations
 
-from training.batch import Batch
+from training.data.batch import Batch
 
 
 def _stack_flops(num_layers: int, hidden: int, ffn: int, tokens: int, seqs: int, seq_len: int) -> float:

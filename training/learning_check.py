@@ -20,41 +20,15 @@ import torch
 
 from common import exit_codes
 from common.errors import UserError
+from training.data.held_out import held_out_pairs
 
 log = logging.getLogger(__name__)
-
-
-def held_out_pairs(cfg, n: int) -> list[dict]:
-    """The first n image-text samples of the first `pairs` val stream: decoded image, caption ids, text."""
-    from streaming.base.local import LocalDataset
-
-    from data_prep.shard_meta import read_shard_meta
-    from training.data import RowSpec, decode_image
-
-    spec = RowSpec.from_configs(cfg.data, cfg.model)
-    for s in cfg.data.val:
-        if read_shard_meta(s.path).get("kind") != "pairs":
-            continue
-        ds = LocalDataset(local=s.path)
-        out = []
-        for i in range(min(n, len(ds))):
-            x = ds[i]
-            out.append(
-                {
-                    "image": decode_image(x["image"], spec),
-                    "caption_ids": x["caption_ids"],
-                    "caption": x["caption"],
-                    "key": x["key"],
-                }
-            )
-        return out
-    return []
 
 
 @torch.no_grad()
 def caption_loss_gap(model, cfg, pairs: list[dict], batch_size: int, device, dtype=torch.float32) -> dict:
     """Mean caption loss per caption token with true vs. shuffled (rolled by one) images."""
-    from training import semicausal
+    from training.data import semicausal
 
     model.eval()
     true_sum = shuf_sum = tokens = 0.0
@@ -91,7 +65,7 @@ def report(r: dict, min_gap: float, step: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.__main__ import add_launcher_args, run_with_trainer
+    from training.entrypoint import add_launcher_args, run_with_trainer
 
     p = argparse.ArgumentParser(
         prog="python -m training.learning_check", description=__doc__.split("\n\n")[0]
@@ -108,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     def check(trainer) -> int:
         if trainer.ckpt.loaded_path is None:
             raise UserError(
-                f"no checkpoint under {trainer.run_dir / 'checkpoints'}: train first "
+                f"no checkpoint under {trainer.run_dir.checkpoints}: train first "
                 "(python -m training --config ...)"
             )
         cfg = trainer.cfg
@@ -122,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         r.update(step=trainer.step, min_gap=args.min_gap, passed=r["gap"] >= args.min_gap)
         samples = trainer.caption_samples(args.captions) if args.captions > 0 else []
         if trainer.topo.rank == 0:
-            from data_prep.tokenizer import load_tokenizer
+            from training.config.tokenizer import run_tokenizer
 
-            tok = load_tokenizer(cfg.data.tokenizer)
+            tok = run_tokenizer(cfg.data.tokenizer)
             caps = [
                 f"  {s['key']}  true: {s['true']!r:<44} generated: {tok.decode(s['ids'])!r}" for s in samples
             ]
@@ -138,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 + report(r, args.min_gap, trainer.step)
             )
             print(text, flush=True)
-            (trainer.run_dir / "learning_check.json").write_text(json.dumps(r, indent=1))
+            trainer.run_dir.learning_check.write_text(json.dumps(r, indent=1))
             trainer.start_tracking()
             trainer.tracker.log_metrics(
                 {f"learning_check/{k}": r[k] for k in ("true_image_loss", "shuffled_image_loss", "gap")},
@@ -148,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer.tracker.finish("FINISHED")
         return exit_codes.OK if r["passed"] else exit_codes.FAILURE
 
-    return run_with_trainer(args.config, args.overrides, check, name="learning_check")
+    return run_with_trainer(args.config, args.overrides, check, name="learning_check", trains=False)
 
 
 if __name__ == "__main__":

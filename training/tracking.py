@@ -9,17 +9,14 @@ tracker.log_artifact(path); tracker.log_text(text, "captions/step_100.txt"); tra
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-# an unreachable server must fail fast instead of retrying for minutes (set before mlflow reads them)
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# An unreachable server must fail fast instead of retrying for minutes: the client settings for that
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, ...) are set by `common.process_setup.setup_process()`.
 
 MAX_PARAMS_PER_CALL = 100  # MLflow log_batch limit
 MAX_METRICS_PER_CALL = 1000

@@ -9,6 +9,7 @@ boundaries: progress line + metrics, validation, caption samples, checkpoint, pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,59 +24,35 @@ import torch.distributed as dist
 
 from common import exit_codes
 from common.special_tokens import PAD_ID
-from training import fault_injection
 from training import flops as flops_mod
-from training.bad_steps import ROLLBACK, BadStepGuard, TooManyBadSteps
-from training.batch import Batch
 from training.checkpoint import CheckpointManager
 from training.config import TrainingConfig
-from training.optim import build_optimizer, build_scheduler
+from training.data.batch import Batch
+from training.engine import DTYPES, build_engine
+from training.precision import resolve_precision
 from training.progress import Progress
+from training.resilience import fault_injection
+from training.resilience.bad_steps import ROLLBACK, BadStepGuard, TooManyBadSteps
 from training.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def deepspeed_config(cfg: TrainingConfig, world_size: int) -> dict:
-    """The DeepSpeed config for this job (batch sizes, ZeRO, precision, clipping)."""
-    t = cfg.train
-    ds = {
-        "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum_steps(world_size),
-        "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
-        "zero_allow_untested_optimizer": True,  # our client optimizer is torch AdamW / FusedAdam
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {
-            "enabled": t.precision == "fp16",
-            "loss_scale": 0,
-            "initial_scale_power": t.fp16_initial_scale_power,
-            "loss_scale_window": 1000,
-            "hysteresis": 2,
-            "min_loss_scale": 1,
-        },
-        "steps_per_print": 1 << 30,  # we report progress ourselves
-        "wall_clock_breakdown": False,
-    }
-    if t.zero_stage == 3:
-        ds["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
-    return ds
 
 
 class Trainer:
     """Owns the engine, the loaders, checkpoints and tracking of one training job."""
 
     def __init__(self, cfg: TrainingConfig, topology, tokenizer_sha256: str | None = None, preemption=None):
-        import deepspeed
+        from training.data.loader import build_loader, clean_stale_shared_memory
+        from training.resilience.preemption import PreemptionHandler
 
-        from parallel.mpu import TopologyMPU
-        from training.data import build_loader, clean_stale_shared_memory
-        from training.model.metalm import MetaLM
-        from training.preemption import PreemptionHandler
-
+        # train.precision=auto becomes the measured choice (rank 0 decides, all ranks agree) before
+        # anything reads it: the run's config.yaml, DeepSpeed's config and MLflow all see the real one
+        self.precision = resolve_precision(cfg.train.precision)
+        if cfg.train.precision == "auto":
+            log.info("train.precision=auto -> %s: %s", self.precision.precision, self.precision.reason)
+            cfg = dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, precision=self.precision.precision)
+            )
         self.cfg, self.topo = cfg, topology
         if (
             preemption is None
@@ -89,30 +66,9 @@ class Trainer:
         self.step = 0
         self.consumed_samples = 0
         self.losses: list[tuple[int, float]] = []  # (step, DP-mean loss) of every step this process ran
-        torch.manual_seed(cfg.parallel.seed + topology.dp_rank)  # same on the ranks of a TP group
+        # the RNG streams were seeded by init_distributed (parallel/seeding.py): nothing to re-seed here
 
-        for k, v in (
-            ("LOCAL_RANK", topology.local_rank),
-            ("RANK", topology.rank),
-            ("WORLD_SIZE", topology.world_size),
-        ):
-            os.environ.setdefault(k, str(v))  # a plain single process: DeepSpeed and streaming read these
-        model = MetaLM(cfg.model, topology)
-        if cfg.checkpoint.load_weights_from:  # exported weights, any TP/DP; before DeepSpeed copies them
-            from training.export import load_exported_weights
-
-            load_exported_weights(model, cfg.checkpoint.load_weights_from, topology)
-        optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-        self.ds_config = deepspeed_config(cfg, topology.world_size)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=self.ds_config,
-            mpu=TopologyMPU(topology),
-            dist_init_required=False,
-        )
+        self.engine, self.ds_config = build_engine(cfg, topology)
         self.grad_accum = cfg.grad_accum_steps(topology.world_size)
         self.dtype = DTYPES[cfg.train.precision]
 
@@ -124,25 +80,25 @@ class Trainer:
             if cfg.data.val and cfg.eval.batches > 0
             else None
         )
-        self.ckpt = CheckpointManager(cfg.checkpoint, self.run_dir, topology)
+        self.ckpt = CheckpointManager(cfg.checkpoint, self.run_dir.root, topology)
         self.tracker = Tracker(
             cfg.tracking,
             cfg.tracking_uri(),
             enabled=topology.rank == 0,
-            artifact_root=self.run_dir.resolve().parent / "mlartifacts",
+            artifact_root=self.run_dir.mlartifacts,
         )
         self.progress = Progress(cfg.train.steps, enabled=topology.rank == 0)
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
         """Train to `train.steps`; returns an exit code (OK, or PREEMPTED after saving)."""
-        from training.watchdog import Watchdog
+        from training.resilience.watchdog import Watchdog
 
         self.resume()
         self.start_tracking()
         preemption = self.preemption
         watchdog = (
-            Watchdog(self.cfg.train.watchdog_timeout_s, self.run_dir)
+            Watchdog(self.cfg.train.watchdog_timeout_s, self.run_dir.hangs)
             if self.cfg.train.watchdog_timeout_s > 0
             else None
         )
@@ -314,7 +270,7 @@ class Trainer:
     @torch.no_grad()
     def caption_samples(self, n: int) -> list[dict]:
         """Greedy captions for the first n held-out images (same images on every rank; all ranks run)."""
-        from training.learning_check import held_out_pairs
+        from training.data.held_out import held_out_pairs
 
         pairs = held_out_pairs(self.cfg, n)
         if not pairs:
@@ -329,12 +285,12 @@ class Trainer:
         return [{"key": p["key"], "true": p["caption"], "ids": ids} for p, ids in zip(pairs, out)]
 
     def log_captions(self) -> None:
-        from data_prep.tokenizer import load_tokenizer
+        from training.config.tokenizer import run_tokenizer
 
         samples = self.caption_samples(self.cfg.eval.caption_samples)
         if self.topo.rank != 0 or not samples:
             return
-        tok = load_tokenizer(self.cfg.data.tokenizer)
+        tok = run_tokenizer(self.cfg.data.tokenizer)
         lines = [f"{s['key']}\ttrue: {s['true']}\tgenerated: {tok.decode(s['ids'])}" for s in samples]
         text = "\n".join(lines) + "\n"
         log.info("step %d caption samples:\n%s", self.step, text)
@@ -402,7 +358,7 @@ class Trainer:
         return state
 
     def start_tracking(self) -> None:
-        from training import config_io
+        from training.config import loader as config_io
 
         t = self.topo
         tags = {
@@ -410,25 +366,27 @@ class Trainer:
             "parallel.world_size": t.world_size,
             "zero_stage": self.cfg.train.zero_stage,
             "precision": self.cfg.train.precision,
+            "precision_reason": self.precision.reason,
             "git_commit": git_commit(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-            "run_dir": str(self.run_dir.resolve()),
+            "run_dir": str(self.run_dir.root.resolve()),
             "config_hash": self.cfg.hash(),
         }
         resumed_id = self.tracker.run_id
         self.tracker.run_id = None
-        run_id = self.tracker.start(resumed_id, config_io.flatten(self.cfg.to_dict()), tags)
+        params = {**config_io.flatten(self.cfg.to_dict()), **self.precision.mlflow_params()}
+        run_id = self.tracker.start(resumed_id, params, tags)
         if run_id:  # where to find the run (printed by scripts/demo.sh)
             info = {
                 "tracking_uri": self.tracker.uri,
                 "experiment": self.cfg.tracking.experiment,
                 "run_id": run_id,
             }
-            (self.run_dir / "mlflow_run.json").write_text(json.dumps(info, indent=1) + "\n")
+            self.run_dir.mlflow_run.write_text(json.dumps(info, indent=1) + "\n")
         if run_id and resumed_id != run_id:
-            for name in ("config.yaml", "ds_config.json"):
-                if (self.run_dir / name).is_file():
-                    self.tracker.log_artifact(self.run_dir / name)
+            for path in (self.run_dir.config_yaml, self.run_dir.ds_config):
+                if path.is_file():
+                    self.tracker.log_artifact(path)
             if Path(self.cfg.data.tokenizer).is_dir():
                 self.tracker.log_artifact(self.cfg.data.tokenizer, "tokenizer")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cluster.testbed.packages import SLURM_PACKAGES, SSH_PACKAGES, TestbedUnavailable, ensure_packages
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 LAUNCH = str(REPO / "launch.sh")
 
 

@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    from training.config_io import deep_merge, load_yaml, parse_overrides
+    from training.config.loader import deep_merge, load_yaml, parse_overrides
 
     raw = deep_merge(load_yaml(args.config), parse_overrides(args.overrides))
     run_dir = Path(raw.get("train", {}).get("run_dir", "runs/default"))

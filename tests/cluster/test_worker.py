@@ -13,8 +13,7 @@ import pytest
 
 from cluster.cli import job_exit_code
 from cluster.worker import fill_rank_env_from_slurm, read_exit_codes
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
 
 MODULES = {
     "exits75.py": "import sys\nsys.exit(75)\n",

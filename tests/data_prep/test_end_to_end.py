@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,7 @@ from common import exit_codes
 from data_prep.cli import build_parser, main
 from data_prep.images import process_image
 from data_prep.tokenizer import load_tokenizer
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
 
 
 def _originals(tars):

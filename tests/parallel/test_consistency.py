@@ -6,7 +6,7 @@ def _run(rank, world):
 
     from parallel import ParallelConfig, destroy_distributed, init_distributed
     from parallel.consistency import batch_tp_mismatches, tp_mismatches
-    from tests.model.batches import make_batch
+    from tests.batches import make_batch
     from training.model import model_config_from_preset
 
     topo = init_distributed(ParallelConfig(tp=2))

@@ -4,7 +4,7 @@ The decoder input at a text-span position is the language encoder's output for t
 the text connector); at an image slot it is the vision encoder's output (through the image connector);
 elsewhere it is the token embedding. Sinusoidal positions are added everywhere, attention is causal
 over the whole sequence, and the loss is the next-token cross-entropy where `loss_mask` is 1
-(causal positions; the data pipeline sets it, see training/batch.py).
+(causal positions; the data pipeline sets it, see training/data/batch.py).
 
 Tensor parallelism: the decoder, both encoders and the resampler split heads / FFN across the TP
 group (megatron-core Column/RowParallelLinear); the token embeddings are vocab-parallel and the
@@ -26,7 +26,7 @@ from torch import nn
 from common.errors import UserError
 from common.special_tokens import BOS_ID, PAD_ID
 from parallel.groups import Topology
-from training.batch import Batch
+from training.data.batch import Batch
 from training.model.config import ModelConfig
 from training.model.connectors import LinearConnector, ResamplerConnector
 from training.model.encoders import LanguageEncoder, VisionEncoder, vocab_embedding

@@ -1,0 +1,137 @@
+"""The validation pass over a whole training config: every problem at once, before any process group."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from common.errors import UserError
+from training.precision import precision_problems
+
+if TYPE_CHECKING:
+    from training.config.schema import StreamConfig, TrainingConfig
+
+
+def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = True) -> list[str]:
+    """Every problem with `cfg` for a job of `world_size` processes (empty = fine), each naming its fix."""
+    p: list[str] = []
+    t, tp = cfg.train, cfg.parallel.tp
+    p += cfg.parallel.problems(world_size)
+    p += cfg.model.problems(tp, None)  # TP vs world size is reported once, by parallel.problems
+    p += cfg.checkpoint.problems()
+    dp = cfg.dp_size(world_size)
+    if t.steps < 1:
+        p.append(f"train.steps={t.steps} must be >= 1")
+    if t.micro_batch_size < 1:
+        p.append(f"train.micro_batch_size={t.micro_batch_size} must be >= 1")
+    elif t.global_batch_size % (t.micro_batch_size * dp) != 0:
+        p.append(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by micro_batch_size x DP = "
+            f"{t.micro_batch_size} x {dp} (world {world_size} / tp {tp}); set global_batch_size to a multiple "
+            f"of {t.micro_batch_size * dp}, e.g. {t.micro_batch_size * dp * max(1, round(t.global_batch_size / (t.micro_batch_size * dp)))}"
+        )
+    if t.zero_stage not in (0, 1, 2, 3):
+        p.append(f"train.zero_stage={t.zero_stage} must be 0, 1, 2 or 3")
+    elif t.zero_stage == 0 and t.precision != "fp16":
+        p.append(
+            f"train.zero_stage=0 with precision={t.precision}: DeepSpeed's stage-0 optimizer cannot skip a "
+            "non-finite update (NaN weights instead of a skipped step); use train.zero_stage=1 (same "
+            "maths, optimizer states sharded over DP)"
+        )
+    if t.zero_stage == 3 and tp > 1:
+        p.append(
+            f"train.zero_stage=3 with parallel.tp={tp}: DeepSpeed cannot train ZeRO-3 together with tensor "
+            "parallelism; use train.zero_stage=1 or 2 with TP, or parallel.tp=1 with ZeRO-3"
+        )
+    p += precision_problems(t.precision)
+    o = cfg.optim
+    if o.lr <= 0:
+        p.append(f"optim.lr={o.lr} must be > 0")
+    if not 0 <= o.min_lr_ratio <= 1:
+        p.append(f"optim.min_lr_ratio={o.min_lr_ratio} must be within [0, 1]")
+    if o.warmup_steps < 0:
+        p.append(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    d = cfg.data
+    if not 1 <= d.span_min_len <= d.span_max_len:
+        p.append(f"data.span_min_len={d.span_min_len} / span_max_len={d.span_max_len}: need 1 <= min <= max")
+    if d.span_max_len + 1 > cfg.model.span_max_len:
+        p.append(
+            f"data.span_max_len={d.span_max_len} does not fit the language encoder (model span_max_len="
+            f"{cfg.model.span_max_len} including <s>); set data.span_max_len <= {cfg.model.span_max_len - 1}"
+        )
+    if not 0 <= d.span_fraction < 1:
+        p.append(f"data.span_fraction={d.span_fraction} must be within [0, 1)")
+    if len(d.image_mean) != 3 or len(d.image_std) != 3 or min(d.image_std, default=1) <= 0:
+        p.append("data.image_mean / data.image_std need 3 values each (RGB), std > 0")
+    if d.num_workers < 0:
+        p.append(f"data.num_workers={d.num_workers} must be >= 0")
+    p += _proportion_problems(d.train)
+    if cfg.eval.caption_samples < 0 or cfg.eval.batches < 0:
+        p.append("eval.batches and eval.caption_samples must be >= 0")
+    if check_data:
+        p += data_problems(cfg)
+    return p
+
+
+def _proportion_problems(streams: list[StreamConfig]) -> list[str]:
+    p = []
+    props = [s.proportion for s in streams]
+    given = [x for x in props if x is not None]
+    if any(x <= 0 for x in given):
+        p.append(f"data.train proportions must be > 0 (got {props}); drop a stream instead of giving it 0")
+    if given and len(given) != len(props):
+        p.append(f"data.train: give a proportion for every stream or for none (got {props})")
+    elif given and all(x > 0 for x in given) and not math.isclose(sum(given), 1.0, abs_tol=1e-3):
+        p.append(f"data.train proportions sum to {sum(given):.4g}, not 1 (got {props}); make them sum to 1")
+    return p
+
+
+def data_problems(cfg: TrainingConfig) -> list[str]:
+    """Shard dirs exist and agree with each other, the tokenizer and the model (vocab, sha, image size)."""
+    from data_prep.shard_meta import compatibility_problems, read_shard_meta
+    from training.config.tokenizer import run_tokenizer
+
+    p: list[str] = []
+    d, m = cfg.data, cfg.model
+    if not d.train:
+        p.append("data.train lists no streams; add at least one shard dir (e.g. data.train: [{path: DIR}])")
+    tok = None
+    try:
+        tok = run_tokenizer(d.tokenizer)
+    except UserError as e:
+        p.append(f"data.tokenizer: {e}")
+    if tok is not None and tok.vocab_size > m.vocab_size:
+        p.append(
+            f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}, "
+            f"{d.tokenizer}); set model.vocab_size=auto"
+        )
+    for name, streams in (("train", d.train), ("val", d.val)):
+        for i, s in enumerate(streams):
+            where = f"data.{name}.{i}.path={s.path!r}"
+            try:
+                meta = read_shard_meta(s.path)
+            except UserError as e:
+                p.append(f"{where}: {e}")
+                continue
+            kind = meta.get("kind")
+            p += [
+                f"{where}: {problem}"
+                for problem in compatibility_problems(
+                    meta,
+                    s.path,
+                    tokenizer_sha256=tok.sha256 if tok is not None else None,
+                    vocab_size=tok.vocab_size if tok is not None else None,
+                    image_size=m.image_size if kind == "pairs" else None,
+                    max_seq_len=m.max_seq_len,
+                )
+            ]
+            # <s> <image> [K] </image> + caption + </s> must fit
+            if kind == "pairs" and m.image_slots + 4 >= m.max_seq_len:
+                p.append(
+                    f"model.max_seq_len={m.max_seq_len} cannot hold an image ({m.image_slots} slots) and a caption"
+                )
+            elif kind not in ("pairs", "text"):
+                p.append(
+                    f"{where}: stats.json kind={kind!r} is not one that training streams ('pairs' or 'text')"
+                )
+    return p
