@@ -1,0 +1,76 @@
+"""Reading user-supplied JSON files and collecting every problem before raising one UserError."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container
+from pathlib import Path
+from typing import Any
+
+from common.errors import UserError
+
+# Problems listed in one error; the rest are counted, so a wholly wrong file gives a short message.
+MAX_LISTED_PROBLEMS = 20
+
+
+class Problems:
+    """Collects input problems so a user sees all of them (up to a limit) in one UserError."""
+
+    def __init__(self) -> None:
+        self._listed: list[str] = []
+        self._total = 0
+
+    def add(self, message: str) -> None:
+        self._total += 1
+        if len(self._listed) < MAX_LISTED_PROBLEMS:
+            self._listed.append(message)
+
+    def __bool__(self) -> bool:
+        return self._total > 0
+
+    def raise_if_any(self) -> None:
+        if not self._total:
+            return
+        if self._total == 1:
+            raise UserError(self._listed[0])
+        lines = "\n".join(f"  - {m}" for m in self._listed)
+        if self._total > len(self._listed):
+            lines += f"\n  ... and {self._total - len(self._listed)} more"
+        raise UserError(f"{self._total} problems:\n{lines}")
+
+
+def load_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed file is a UserError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} file {path} does not exist; check the path")
+    if not path.is_file():
+        raise UserError(f"{what} path {path} is not a file; pass the JSON file itself")
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{what} file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno} "
+            f"(character {e.pos}); fix the file or regenerate it"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} file {path}: {e.strerror}") from None
+
+
+def is_id(value: Any) -> bool:
+    """Image and question ids are JSON integers or strings (a bool is neither)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def id_type_hint(missing: Any, known: Container) -> str:
+    """' (...)' when `missing` is present in `known` under the other JSON type, e.g. "42" vs 42."""
+    other = str(missing) if isinstance(missing, int) else None
+    if isinstance(missing, str) and missing.lstrip("-").isdigit():
+        other = int(missing)
+    if other is not None and other in known:
+        kind = "a string" if isinstance(missing, str) else "an integer"
+        return f" (it is {kind} here but {other!r} exists there: make the id types match)"
+    return ""
