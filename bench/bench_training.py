@@ -2,11 +2,13 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_training.py [--steps 6] [--keep DIR]
 
-1. peak matmul FLOP/s of this machine, fp32 and bf16;
-2. `small` preset training (full stack: DeepSpeed engine ZeRO-1, Megatron TP layers at TP=1, streaming
-   loader, semi-causal batches; text stream, 4 x 512 tokens) MFU against the measured fp32 peak (target >= 0.6);
+1. peak matmul FLOP/s of this machine in every precision (fp32, bf16, fp16), and the CPU model;
+2. `small` preset training at `train.precision: auto` (what the demo uses: bf16 where it is measured
+   clearly faster, else fp32; full stack: DeepSpeed engine ZeRO-1, Megatron TP layers at TP=1, streaming
+   loader, semi-causal batches; text stream, 4 x 512 tokens): MFU against the measured peak of the
+   precision actually used (target >= 0.6);
 3. full-stack tokens/s / a plain PyTorch loop (same MetaLM maths and batches, torch AdamW, gradient
-   clipping, tensors already in memory) (target >= 0.9);
+   clipping, tensors already in memory; in bf16 the plain model is cast to bf16) (target >= 0.9);
 4. data pipeline samples/s with one loader worker / what the `metalm-1.3b` run consumes per GPU at
    40% MFU on an H100 (989 TFLOP/s bf16), per stream kind (target >= 3);
 5. peak memory of the rank vs. the ZeRO model-state formula for the same run.
@@ -45,7 +47,7 @@ def rss_gib() -> float:
 
 
 def matmul_peak(dtype: torch.dtype, n: int, seconds: float) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -166,11 +168,15 @@ def full_stack(trainer, steps: int) -> list[tuple[float, float, float]]:
     return out
 
 
-def plain_loop(model, batches: list, steps: int, lr: float, clip: float) -> list[tuple[float, float, float]]:
-    """The same model maths in a plain loop: forward, backward, clip, torch AdamW, tensors in memory."""
+def plain_loop(
+    model, batches: list, steps: int, lr: float, clip: float, dtype: torch.dtype = torch.float32
+) -> list[tuple[float, float, float]]:
+    """The same model maths in a plain loop: forward, backward, clip, torch AdamW, tensors in memory
+    (bf16/fp16: the model cast to that dtype; autocast does not reach Megatron's custom autograd linears)."""
     from common.special_tokens import PAD_ID
     from training import flops as F
 
+    model.to(dtype)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.98))
     model.train()
 
@@ -232,10 +238,17 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"machine: {os.cpu_count()} CPUs, torch threads {threads}, torch {torch.__version__}")
 
+    from training.precision import cpu_model_name
+
+    print(f"cpu: {cpu_model_name()}")
     # the machine is shared: the fp32 peak is sampled before, between and after the training runs; the best
-    # sample is the peak (so MFU is conservative)
-    peaks = [max(matmul_peak(torch.float32, 1024, 2.0), matmul_peak(torch.float32, 2048, 2.0))]
-    bf16_peak = matmul_peak(torch.bfloat16, 256, 2.0)
+    # sample is the peak (so MFU is conservative). A precision slower than ~20 GFLOP/s at 256^3 (bf16/fp16 on
+    # AVX2-only CPUs) is not measured at 2048^3 (one product would take seconds).
+    def peak(dtype: torch.dtype) -> float:
+        small = matmul_peak(dtype, 256, 1.0)
+        return small if small < 20e9 else max(small, matmul_peak(dtype, 1024, 2.0), matmul_peak(dtype, 2048, 2.0))
+
+    samples = {"fp32": [peak(torch.float32)], "bf16": [peak(torch.bfloat16)], "fp16": [peak(torch.float16)]}
 
     t0 = time.perf_counter()
     build_data(work / "data")
@@ -253,21 +266,28 @@ def main() -> None:
     gc.collect()
     rss_before = rss_gib()
     trainer = Trainer(cfg, topo, load_tokenizer(cfg.data.tokenizer).sha256)
+    used = trainer.cfg.train.precision  # train.precision=auto, resolved by the trainer
+    print(f"   train.precision=auto -> {used}: {trainer.precision.reason}")
     n_params = sum(p.numel() for p in trainer.engine.module.parameters())
     runs_full = full_stack(trainer, args.steps)
     rss_peak = rss_gib()
     batches = [trainer.to_device(b) for _, b in zip(range(3), trainer.batches())]
     plain_model = MetaLM(cfg.model, topo)
-    runs_plain = plain_loop(plain_model, batches, args.steps, cfg.optim.lr, cfg.optim.grad_clip)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[used]
+    runs_plain = plain_loop(plain_model, batches, args.steps, cfg.optim.lr, cfg.optim.grad_clip, dtype)
     for _ in range(args.rounds - 1):  # alternate; each side keeps its fastest step (the least disturbed)
-        peaks.append(matmul_peak(torch.float32, 2048, 2.0))
+        samples[used].append(peak(dtype))
         runs_full += full_stack(trainer, args.steps)
-        runs_plain += plain_loop(plain_model, batches, args.steps, cfg.optim.lr, cfg.optim.grad_clip)
-    peaks.append(matmul_peak(torch.float32, 2048, 2.0))
-    fp32_peak = max(peaks)
+        runs_plain += plain_loop(plain_model, batches, args.steps, cfg.optim.lr, cfg.optim.grad_clip, dtype)
+    samples[used].append(peak(dtype))
+    peaks = {k: max(v) for k, v in samples.items()}
+    used_peak = peaks[used]
     print(
-        f"1. peak matmul: fp32 {fp32_peak / 1e9:.1f} GFLOP/s (samples {', '.join(f'{p / 1e9:.0f}' for p in peaks)}), "
-        f"bf16 {bf16_peak / 1e9:.2f} GFLOP/s (bf16/fp32 = {bf16_peak / fp32_peak:.4f})"
+        "1. peak matmul: "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+        + f" (bf16/fp32 = {peaks['bf16'] / peaks['fp32']:.3f}; {used} samples "
+        + ", ".join(f"{p / 1e9:.0f}" for p in samples[used])
+        + ")"
     )
     full, plain = best(runs_full), best(runs_plain)
     med = (
@@ -277,13 +297,13 @@ def main() -> None:
     b = batches[0]
     print(
         f"2. small preset, fastest of {len(runs_full)} steps ({n_params / 1e6:.1f}M params, text batches {b.tokens.shape[0]} x {b.tokens.shape[1]} tokens, "
-        f"{b.span_tokens.shape[0]} spans), world size 1, fp32, ZeRO-{cfg.train.zero_stage}: "
+        f"{b.span_tokens.shape[0]} spans), world size 1, {used}, ZeRO-{cfg.train.zero_stage}: "
         f"{full['flops_per_s'] / 1e9:.1f} model GFLOP/s, {full['step_time']:.2f} s/step -> "
-        f"MFU {full['flops_per_s'] / fp32_peak:.2f} of the measured fp32 peak (target >= 0.6)"
+        f"MFU {full['flops_per_s'] / used_peak:.2f} of the measured {used} peak (target >= 0.6)"
     )
     print(
         f"3. full stack {full['tokens_per_s']:,.0f} tokens/s vs plain PyTorch loop {plain['tokens_per_s']:,.0f} "
-        f"tokens/s (plain MFU {plain['flops_per_s'] / fp32_peak:.2f}): ratio {full['tokens_per_s'] / plain['tokens_per_s']:.2f} "
+        f"tokens/s (plain MFU {plain['flops_per_s'] / used_peak:.2f}): ratio {full['tokens_per_s'] / plain['tokens_per_s']:.2f} "
         f"(target >= 0.9; fastest step of {len(runs_full)} each; ratio of the medians {med:.2f})"
     )
 
@@ -311,11 +331,15 @@ def main() -> None:
     )
 
     # 5. memory: ZeRO model states at DP=1 fp32 = weights 4P + grads 4P + Adam (m, v) 8P = 16P bytes
-    states = 16 * n_params / 2**30
+    # fp32: weights 4 + grads 4 + Adam 8 = 16 bytes/param; bf16/fp16 (DeepSpeed): + 16-bit weights and grads
+    # 2 + 2 beside the fp32 master 4 + Adam 8 = 16 (+ the fp32 grad buffer of ZeRO-1 at DP=1: 4) -> 20
+    states_bytes = 16 if used == "fp32" else 20
+    states = states_bytes * n_params / 2**30
     print(
         f"5. memory (rank 0 of the run in 2.): peak RSS {rss_peak:.2f} GiB, of which {rss_peak - rss_before:.2f} GiB "
-        f"allocated by building + training the model; ZeRO formula for its model states (fp32, DP=1: 16 bytes x "
-        f"{n_params / 1e6:.1f}M params) = {states:.2f} GiB; the rest is activations, loader and allocator slack"
+        f"allocated by building + training the model; ZeRO formula for its model states ({used}, DP=1: "
+        f"{states_bytes} bytes x {n_params / 1e6:.1f}M params) = {states:.2f} GiB; the rest is activations, loader "
+        "and allocator slack"
     )
     counts = count_parameters(big)
     p_total, tp, dp = counts["total"], 2, 32

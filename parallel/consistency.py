@@ -35,7 +35,8 @@ def tp_mismatches(tensors: dict[str, torch.Tensor], topology) -> list[str]:
 
 
 def batch_tp_mismatches(batch, topology) -> list[str]:
-    """`tp_mismatches` over every field of a training.batch.Batch."""
+    """`tp_mismatches` over every field of a training.data.batch.Batch (absent optional ones skipped)."""
     from dataclasses import fields
 
-    return tp_mismatches({f.name: getattr(batch, f.name) for f in fields(batch)}, topology)
+    present = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return tp_mismatches({k: v for k, v in present.items() if v is not None}, topology)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: sample data -> tokenizer -> shards -> train the debug MetaLM with 2 processes (TP=2, ZeRO-1,
-# fp32 on CPU) -> checkpoint -> where the MLflow run is -> captions for held-out images -> learning check.
+# precision auto: bf16 where this CPU runs it clearly faster, else fp32) -> checkpoint -> where the MLflow run is -> captions for held-out images -> learning check.
 # Knobs (environment): DEMO_OUT (data, default demo_out), DEMO_RUN (run folder, default runs/demo),
 # DEMO_STEPS (optimizer steps, default from configs/debug.yaml), PYTHON (default .venv/bin/python).
 set -euo pipefail
@@ -21,7 +21,7 @@ ARGS=(--config configs/debug.yaml
       "train.run_dir=$RUN")
 [ -n "${DEMO_STEPS:-}" ] && ARGS+=("train.steps=$DEMO_STEPS")
 
-echo "== 2/4 train the debug MetaLM: 2 processes, TP=2 x DP=1, ZeRO-1, fp32 (run folder $RUN)"
+echo "== 2/4 train the debug MetaLM: 2 processes, TP=2 x DP=1, ZeRO-1, precision auto (run folder $RUN)"
 rm -rf "$RUN"   # the demo always starts fresh (a real run resumes from RUN/checkpoints instead)
 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 -m training "${ARGS[@]}"
 echo "   checkpoints: $(ls "$RUN/checkpoints" | tr '\n' ' ')"
@@ -30,6 +30,7 @@ echo "== 3/4 MLflow"
 "$PY" - "$RUN" <<'PYEOF'
 import json, sys
 info = json.load(open(f"{sys.argv[1]}/mlflow_run.json"))
+print(f"   precision {info['precision']}: {info['precision_reason']}")
 print(f"   run {info['run_id']} in experiment {info['experiment']!r}, store {info['tracking_uri']}")
 print(f"   open the UI:  .venv/bin/mlflow ui --backend-store-uri {info['tracking_uri']} --port 5000"
       "   then http://127.0.0.1:5000")

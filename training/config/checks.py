@@ -121,7 +121,7 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
                     s.path,
                     tokenizer_sha256=tok.sha256 if tok is not None else None,
                     vocab_size=tok.vocab_size if tok is not None else None,
-                    image_size=m.image_size if kind == "pairs" else None,
+                    image_size=m.image_size if kind in ("pairs", "tasks") else None,
                     max_seq_len=m.max_seq_len,
                 )
             ]
@@ -130,8 +130,8 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
                 p.append(
                     f"model.max_seq_len={m.max_seq_len} cannot hold an image ({m.image_slots} slots) and a caption"
                 )
-            elif kind not in ("pairs", "text"):
+            elif kind not in ("pairs", "text", "tasks"):
                 p.append(
-                    f"{where}: stats.json kind={kind!r} is not one that training streams ('pairs' or 'text')"
+                    f"{where}: stats.json kind={kind!r} is not one training reads (pairs, text, tasks)"
                 )
     return p

@@ -25,7 +25,7 @@ from common.errors import UserError
 from parallel.config import ParallelConfig
 from training.checkpoint import CheckpointConfig
 from training.config import loader as config_io
-from training.model.config import ModelConfig, model_config_from_preset
+from training.model.config import ModelConfig, build_model_config, model_config_from_preset
 from training.run_dir import RunDir
 
 
@@ -55,6 +55,7 @@ class DataConfig:
     batching: Literal["random", "per_stream"] = (
         "random"  # streaming batching_method (per_stream: 1 stream/batch)
     )
+    pack: bool = False  # finetuning: pack several task examples per row; attention stays inside each example
     clean_stale_shm: bool = (
         True  # at start, free streaming shared memory of crashed jobs (off: jobs share a node)
     )
@@ -190,22 +191,11 @@ def _canonical(x: Any) -> Any:
 
 
 def _resolve_model(raw: Any, problems: list[str], tp: int, tokenizer_dir: str | None) -> ModelConfig:
-    raw = dict(raw or {})
-    preset = raw.pop("preset", "debug")
-    vocab = raw.pop("vocab_size", None)
-    try:
-        base = model_config_from_preset(str(preset))
-    except (KeyError, ValueError, UserError) as e:
-        problems.append(f"model.preset={preset!r}: {e}")
-        base = model_config_from_preset("debug")
-    from training.model import config as model_config_module
-
-    aliases = getattr(model_config_module, "ALIASES", {})
-    expanded: dict = {}
-    for k, v in raw.items():  # shorthands like max_seq_len -> decoder.max_seq_len
-        parts = aliases.get(k, k).split(".")
-        config_io.set_dotted(expanded, parts, v) if len(parts) > 1 else expanded.__setitem__(k, v)
-    base = config_io.build(base, config_io.deep_merge({}, expanded), "model", problems)
+    """The model section: preset (default debug) + overrides, built by the model's engine entry point
+    (training.config.loader underneath); `vocab_size: auto` or left out follows the tokenizer."""
+    raw = {"preset": "debug", **raw} if isinstance(raw, dict) else raw or {"preset": "debug"}
+    vocab = raw.pop("vocab_size", None) if isinstance(raw, dict) else None
+    base = build_model_config(raw, problems)
     if vocab in (None, "auto"):
         # follow the tokenizer when it can be read; else keep the preset's (validation reports the tokenizer)
         v = _tokenizer_vocab(tokenizer_dir)

@@ -7,6 +7,11 @@ connector outputs replace, one for one (DESIGN.md 2). Flat destination index = b
 Loss convention: `targets[b, t]` is the token at t+1 and `loss_mask[b, t]` is 1.0 where that
 target is a causal token that carries loss (not inside a span, not padding). The model returns
 the mean cross-entropy over `loss_mask`.
+
+Packed rows (finetuning: several examples in one row, `training/data/finetune.py`) also carry
+`example_ids` (attention stays inside an example: position t sees s <= t only when both belong to the
+same example) and `positions` (position ids restart per example), so a packed example computes exactly
+what it computes alone. Unpacked batches leave both None (plain causal attention, positions 0..T-1).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Batch:
     span_dest: torch.Tensor  # [S, L-1] int64 flat decoder index for span token j (after <s>); -1 = padding
     images: torch.Tensor  # [N, 3, H, W] float32, normalized; N may be 0
     image_dest: torch.Tensor  # [N, K] int64 flat decoder index of each of the K image slots
+    example_ids: torch.Tensor | None = None  # [B, T] int64 example of each position (packed rows); -1 = pad
+    positions: torch.Tensor | None = None  # [B, T] int64 position ids (packed rows), restarting per example
 
     @property
     def batch_size(self) -> int:
@@ -38,9 +45,14 @@ class Batch:
         return int(self.loss_mask.sum().item())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(
-            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
-        )
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def packed(self) -> bool:
+        return self.example_ids is not None
 
     @staticmethod
     def empty_spans(span_len: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 
 from common.streaming_compat import ensure_streaming_importable
+from training.data import finetune, semicausal
+from training.data.batch import Batch
 
 ensure_streaming_importable()  # the one precondition of `import streaming` on a CPU torch (no-op on CUDA)
 from streaming import Stream, StreamingDataLoader, StreamingDataset  # noqa: E402
-
-from training.data import semicausal
-from training.data.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,8 @@ class RowSpec:
     seed: int  # span RNG seed
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    max_segment_len: int = 511  # finetuning: encoder segment tokens (the language encoder adds <s>)
+    pack: bool = False  # finetuning: pack several task examples per row
 
     @classmethod
     def from_configs(cls, data_cfg, model_cfg) -> RowSpec:
@@ -76,6 +77,8 @@ class RowSpec:
             seed=data_cfg.shuffle_seed,
             image_mean=tuple(data_cfg.image_mean),
             image_std=tuple(data_cfg.image_std),
+            max_segment_len=model_cfg.span_max_len - 1,
+            pack=data_cfg.pack,
         )
 
 
@@ -113,9 +116,31 @@ def sample_to_row(sample: dict, sample_id: int, epoch: int, spec: RowSpec) -> se
         return semicausal.pair_row(
             sample["caption_ids"], decode_image(sample["image"], spec), spec.slots, spec.max_seq_len
         )
+    if "target_ids" in sample:
+        return finetune.task_row(
+            [decode_image(jpeg, spec) for jpeg in task_images(sample)],
+            sample["encoder_segments"],
+            list(sample["decoder_prompt_ids"]),
+            list(sample["target_ids"]),
+            spec.slots,
+            spec.max_seq_len,
+            spec.max_segment_len,
+        )
     raise ValueError(
-        f"shard sample {sample_id} has neither 'tokens' nor 'caption_ids' (columns: {sorted(sample)})"
+        f"shard sample {sample_id} has none of 'tokens', 'caption_ids', 'target_ids' (columns: {sorted(sample)})"
     )
+
+
+def task_images(sample: dict) -> list[bytes]:
+    """The JPEG files of a task example: `images` holds them back to back, `image_sizes` their lengths."""
+    data, sizes = sample.get("images", b""), sample.get("image_sizes") or []
+    if isinstance(data, list):  # a list column (older task shards)
+        return list(data)
+    out, start = [], 0
+    for n in sizes:
+        out.append(bytes(data[start : start + n]))
+        start += n
+    return out
 
 
 class SemiCausalDataset(StreamingDataset):
@@ -147,6 +172,8 @@ class Collator:
         self.spec = spec
 
     def __call__(self, rows: list[semicausal.Row]) -> Batch:
+        if self.spec.pack:
+            rows = finetune.pack_rows(rows, self.spec.max_seq_len)
         return semicausal.collate(rows, self.spec.slots, self.spec.image_size)
 
 

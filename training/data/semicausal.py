@@ -9,11 +9,13 @@ whose K slots start at input position `image_start`.
   never crossing a document start, drawn from an RNG keyed by (seed, epoch, sample id) so a resumed
   run sees the same spans. A target inside a span gets no loss; the token right after a span does.
 - image-text row: `<s> <image> [K slots] </image> caption </s>`, loss on caption tokens and `</s>`.
+- finetuning rows (`training/data/finetune.py`): `<s> [images] [encoder segments] prompt target </s>`,
+  several examples optionally packed into one row with per-position example ids and positions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,8 +29,9 @@ class Row:
     seq: np.ndarray  # [n] int64 token ids (input = seq[:-1], targets = seq[1:])
     loss: np.ndarray  # [n-1] bool: target t carries loss
     spans: list[tuple[int, int]]  # text spans as (input start, length)
-    image: torch.Tensor | None = None  # [3, H, W] normalized, or None
-    image_start: int = 0  # input position of the first image slot
+    images: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # ([3, H, W] normalized, first slot)
+    example_ids: np.ndarray | None = None  # [n-1] packed rows: which example each input position belongs to
+    positions: np.ndarray | None = None  # [n-1] packed rows: position ids restarting at 0 per example
 
 
 def span_rng(seed: int, epoch: int, sample_id: int) -> np.random.Generator:
@@ -98,7 +101,7 @@ def pair_row(caption_ids: np.ndarray, image: torch.Tensor, slots: int, max_seq_l
     )
     loss = np.zeros(len(seq) - 1, dtype=bool)
     loss[slots + 2 :] = True  # targets from the first caption token to </s>
-    return Row(seq=seq, loss=loss, spans=[], image=image, image_start=2)
+    return Row(seq=seq, loss=loss, spans=[], images=[(image, 2)])
 
 
 def collate(rows: list[Row], slots: int, image_size: int) -> Batch:
@@ -109,6 +112,9 @@ def collate(rows: list[Row], slots: int, image_size: int) -> Batch:
     targets = torch.full((B, T), PAD_ID, dtype=torch.long)
     loss_mask = torch.zeros(B, T, dtype=torch.float32)
     span_rows, dest_rows, images, image_dest = [], [], [], []
+    packed = any(r.example_ids is not None for r in rows)
+    example_ids = torch.full((B, T), -1, dtype=torch.long) if packed else None
+    positions = torch.zeros(B, T, dtype=torch.long) if packed else None
     for b, r in enumerate(rows):
         n = len(r.seq) - 1
         seq = torch.from_numpy(r.seq)
@@ -118,9 +124,12 @@ def collate(rows: list[Row], slots: int, image_size: int) -> Batch:
         for p, length in r.spans:
             span_rows.append(torch.cat([torch.tensor([BOS_ID]), seq[p : p + length]]))
             dest_rows.append(b * T + p + torch.arange(length))
-        if r.image is not None:
-            images.append(r.image)
-            image_dest.append(b * T + r.image_start + torch.arange(slots))
+        for image, start in r.images:
+            images.append(image)
+            image_dest.append(b * T + start + torch.arange(slots))
+        if packed:  # padding: example -1 (attends only to itself), positions 0
+            example_ids[b, :n] = torch.from_numpy(r.example_ids) if r.example_ids is not None else 0
+            positions[b, :n] = torch.from_numpy(r.positions) if r.positions is not None else torch.arange(n)
     if span_rows:
         L = max(len(s) for s in span_rows)
         span_tokens = torch.full((len(span_rows), L), PAD_ID, dtype=torch.long)
@@ -142,4 +151,6 @@ def collate(rows: list[Row], slots: int, image_size: int) -> Batch:
         span_dest=span_dest,
         images=imgs,
         image_dest=idest,
+        example_ids=example_ids,
+        positions=positions,
     )

@@ -13,14 +13,9 @@ from common.errors import UserError
 from common.exit_codes import USER_ERROR
 
 
-def _parse_value(v: str):
-    import yaml
-
-    return yaml.safe_load(v)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from training.model.config import PRESETS, model_config_from_preset
+    from training.config.loader import parse_overrides
+    from training.model.config import PRESETS, build_model_config
     from training.model.memory import rank_memory
     from training.model.metalm import count_parameters
 
@@ -30,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
     ap.add_argument(
-        "overrides", nargs="*", help="model settings, e.g. vocab_size=32000 decoder.num_layers=12"
+        "overrides",
+        nargs="*",
+        help="model settings (the keys of a config file's model: section), e.g. vocab_size=32000 "
+        "decoder.num_layers=12",
     )
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size for the per-rank estimate")
     ap.add_argument("--dp", type=int, default=1, help="data-parallel size for the per-rank estimate")
@@ -41,18 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        overrides = {}
-        for o in args.overrides:
-            if "=" not in o:
-                raise UserError(f"override {o!r} is not key=value (e.g. decoder.num_layers=12)")
-            k, v = o.split("=", 1)
-            overrides[k] = _parse_value(v)
-        cfg = model_config_from_preset(args.preset, **overrides)
-        cfg.validate(tp=args.tp)
+        problems: list[str] = []
+        cfg = build_model_config({"preset": args.preset, **parse_overrides(args.overrides)}, problems)
+        if not problems:  # checks beyond types only on a config that built cleanly (as load_config does)
+            problems = cfg.problems(tp=args.tp)
         if args.zero == 3 and args.tp > 1:
-            raise UserError(
+            problems.append(
                 "ZeRO-3 works only with tp=1 (DeepSpeed has no TP + ZeRO-3 training): use --zero 2"
             )
+        if problems:
+            raise UserError(problems)
         counts = count_parameters(cfg)
         mem = rank_memory(cfg, args.tp, args.dp, args.zero, args.precision)
     except UserError as e:

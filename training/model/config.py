@@ -1,7 +1,12 @@
-"""MetaLM model configuration: nested typed dataclasses and the named presets.
+"""MetaLM model configuration: nested typed dataclasses, built from data by the one config engine.
 
     cfg = model_config_from_preset("debug", vocab_size=700, **{"decoder.num_layers": 3})
     problems = cfg.problems(tp=2, world_size=4)      # [] when valid; each problem names its fix
+
+Every way in (a preset name, a YAML `model:` section, `model.x=y` / `python -m training.model` overrides)
+goes through `build_model_config`, i.e. `training.config.loader`: types and Literal choices are checked,
+an unknown key is named with the closest known one, and every problem is reported at once. The presets
+themselves are data (`training/model/presets.py`).
 
 Image slots per image (`image_slots`, K): with the `linear` connector every ViT output token goes to
 the decoder (CLS + patches, K = (image_size / patch_size)^2 + 1); with the `resampler` connector
@@ -10,17 +15,28 @@ K = connector.num_latents (Kosmos-1: 64).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from common.errors import UserError
+from training.model.presets import PRESETS
 
-NORM_SCHEMES = ("pre", "deepnorm")
-CHECKPOINTING = ("none", "full", "selective")
-CONNECTORS = ("linear", "resampler")
+NormScheme = Literal["pre", "deepnorm"]  # pre-LN (+ final LN) | DeepNorm (post-LN, residual alpha, init beta)
+Checkpointing = Literal["none", "full", "selective"]  # none | every layer | the attention core only
+ConnectorKind = Literal["linear", "resampler"]  # MetaLM's linear projection | Kosmos-1's latent queries
+Activation = Literal["gelu", "quick_gelu"]  # MLP activation (quick_gelu: CLIP's)
+
+# Shorthands for the properties: top-level key -> dotted field
+ALIASES = {
+    "max_seq_len": "decoder.max_seq_len",
+    "image_size": "vision_encoder.image_size",
+    "span_max_len": "text_encoder.max_len",
+    "patch_size": "vision_encoder.patch_size",
+}
 
 
 @dataclass
@@ -32,7 +48,7 @@ class DecoderConfig:
     num_heads: int = 32  # attention heads (divisible by TP)
     ffn_hidden_size: int = 8192  # MLP inner width (divisible by TP)
     max_seq_len: int = 2048  # longest decoder sequence (sinusoidal positions are computed up to it)
-    norm_scheme: str = "pre"  # "pre" (pre-LN, final LN) or "deepnorm" (post-LN, residual alpha, init beta)
+    norm_scheme: NormScheme = "pre"  # "pre" (pre-LN + final LN) or "deepnorm" (post-LN, alpha, beta)
 
 
 @dataclass
@@ -44,7 +60,7 @@ class TextEncoderConfig:
     num_heads: int = 16  # attention heads (divisible by TP)
     ffn_hidden_size: int = 4096  # MLP inner width (divisible by TP)
     max_len: int = 512  # longest encoder input including <s> (learned positions)
-    norm_scheme: str = "pre"  # "pre" or "deepnorm"
+    norm_scheme: NormScheme = "pre"  # "pre" or "deepnorm"
 
 
 @dataclass
@@ -57,7 +73,7 @@ class VisionEncoderConfig:
     ffn_hidden_size: int = 4096  # MLP inner width (divisible by TP)
     image_size: int = 224  # input resolution (square, pixels)
     patch_size: int = 14  # patch side (pixels); image_size must be a multiple of it
-    activation: str = "gelu"  # MLP activation: "gelu", or "quick_gelu" (CLIP's, to reuse CLIP weights)
+    activation: Activation = "gelu"  # MLP activation: "gelu", or "quick_gelu" (CLIP's, to reuse CLIP weights)
     trainable_layers: int = -1  # train only the last N layers (+ final LN); -1 = everything trains
     weights_path: str = (
         ""  # optional local ViT weights (safetensors/torch): our names or HF CLIP vision names
@@ -68,7 +84,7 @@ class VisionEncoderConfig:
 class ConnectorConfig:
     """How encoder outputs become decoder input embeddings."""
 
-    kind: str = "linear"  # image connector: "linear" (MetaLM) or "resampler" (Kosmos-1 latent queries)
+    kind: ConnectorKind = "linear"  # image connector: "linear" (MetaLM) or "resampler" (Kosmos-1)
     num_latents: int = 64  # resampler: learned latent queries = decoder slots per image
     resampler_layers: int = 1  # resampler: cross-attention + MLP blocks
     resampler_heads: int = 8  # resampler: attention heads (divisible by TP)
@@ -83,7 +99,7 @@ class ModelConfig:
     pad_vocab_to_multiple_of: int = 128  # embeddings are padded to a multiple of this (padded logits masked)
     dropout: float = 0.1  # hidden and embedding dropout
     attention_dropout: float = 0.1  # dropout on attention probabilities (per-TP-rank RNG stream)
-    activation_checkpointing: str = "none"  # "none" | "full" (every layer) | "selective" (attention core)
+    activation_checkpointing: Checkpointing = "none"  # "none" | "full" (each layer) | "selective" (attn core)
     init_std: float = 0.02  # std of normal weight init (embeddings use hidden_size ** -0.5)
     init_seed: int = 1234  # weight init seed; init is identical for every TP size
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # causal decoder
@@ -124,8 +140,14 @@ class ModelConfig:
 
     # --- validation ----------------------------------------------------------------------------------
     def problems(self, tp: int = 1, world_size: int | None = None) -> list[str]:
-        """Every problem with this config for the given TP size (and world size), each naming its fix."""
+        """Every problem with this config for the given TP size (and world size), each naming its fix.
+
+        Types and Literal choices are checked by the config engine when a config is built from data; they
+        are re-checked here (same engine, same messages) for a config assembled in Python."""
+        from training.config import loader  # lazy: the training.config package imports this module
+
         out: list[str] = []
+        loader.build(type(self), loader.to_dict(self), "model", out)
         if tp < 1:
             out.append(f"tensor-parallel size {tp} must be >= 1")
             tp = 1
@@ -150,11 +172,6 @@ class ModelConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 out.append(f"model.{name}={v} must be in [0, 1)")
-        if self.activation_checkpointing not in CHECKPOINTING:
-            out.append(
-                f"model.activation_checkpointing={self.activation_checkpointing!r} is unknown: "
-                f"use one of {', '.join(CHECKPOINTING)}"
-            )
         stacks = (
             ("decoder", self.decoder),
             ("text_encoder", self.text_encoder),
@@ -179,11 +196,6 @@ class ModelConfig:
                     f"model.{name}.ffn_hidden_size={s.ffn_hidden_size} is not divisible by tp={tp}: "
                     f"use a multiple of {tp} or lower parallel.tp"
                 )
-            norm = getattr(s, "norm_scheme", "pre")
-            if norm not in NORM_SCHEMES:
-                out.append(
-                    f"model.{name}.norm_scheme={norm!r} is unknown: use one of {', '.join(NORM_SCHEMES)}"
-                )
         if self.text_encoder.max_len < 2:
             out.append(
                 f"model.text_encoder.max_len={self.text_encoder.max_len} must be >= 2 (<s> + one token)"
@@ -195,8 +207,6 @@ class ModelConfig:
                 f"model.vision_encoder.patch_size={v.patch_size}: use an image size that is a multiple "
                 f"of the patch size (e.g. {max(1, v.patch_size) * max(1, v.image_size // max(1, v.patch_size))})"
             )
-        if v.activation not in ("gelu", "quick_gelu"):
-            out.append(f"model.vision_encoder.activation={v.activation!r} is unknown: use gelu or quick_gelu")
         if v.trainable_layers < -1 or v.trainable_layers > v.num_layers:
             out.append(
                 f"model.vision_encoder.trainable_layers={v.trainable_layers} must be -1 (all) or 0.."
@@ -208,8 +218,6 @@ class ModelConfig:
                 "give a local safetensors/torch file or leave it empty for random init"
             )
         c = self.connector
-        if c.kind not in CONNECTORS:
-            out.append(f"model.connector.kind={c.kind!r} is unknown: use one of {', '.join(CONNECTORS)}")
         if c.kind == "resampler":
             if c.num_latents < 1 or c.resampler_layers < 1 or c.resampler_heads < 1:
                 out.append("model.connector.num_latents, resampler_layers and resampler_heads must be >= 1")
@@ -246,137 +254,53 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a (YAML) dict: optional `preset` first, then every other key as an override."""
-        d = dict(d)
-        preset = d.pop("preset", None)
-        if preset in (None, "custom"):
-            base = ModelConfig()
-        else:
-            base = model_config_from_preset(preset)
-        return apply_overrides(base, d)
-
 
 # ---------------------------------------------------------------------------------------------------
-# presets
+# building from data (presets, YAML sections, overrides): the training config's engine
 
 
-def _debug() -> ModelConfig:
-    return ModelConfig(
-        preset="debug",
-        vocab_size=512,
-        pad_vocab_to_multiple_of=64,
-        dropout=0.0,
-        attention_dropout=0.0,
-        decoder=DecoderConfig(
-            num_layers=2, hidden_size=64, num_heads=4, ffn_hidden_size=256, max_seq_len=128
-        ),
-        text_encoder=TextEncoderConfig(
-            num_layers=1, hidden_size=64, num_heads=4, ffn_hidden_size=128, max_len=64
-        ),
-        vision_encoder=VisionEncoderConfig(
-            num_layers=1, hidden_size=64, num_heads=4, ffn_hidden_size=128, image_size=32, patch_size=8
-        ),
-        connector=ConnectorConfig(kind="linear", num_latents=8, resampler_layers=1, resampler_heads=4),
-    )
+def build_model_config(
+    raw: Mapping[str, Any] | None, problems: list[str], path: str = "model"
+) -> ModelConfig:
+    """A `model:` section -> ModelConfig, every problem appended to `problems` (nothing raised).
 
+    `raw` holds `preset` (a name from PRESETS; left out or "custom": the dataclass defaults) and overrides
+    of any field: nested sections, dotted keys ("decoder.num_layers") or ALIASES ("max_seq_len"). The
+    preset's data and the overrides are merged and built by `training.config.loader.build`.
+    """
+    from training.config import loader  # lazy: the training.config package imports this module
 
-def _small() -> ModelConfig:
-    return ModelConfig(
-        preset="small",
-        vocab_size=8192,
-        dropout=0.1,
-        attention_dropout=0.1,
-        decoder=DecoderConfig(
-            num_layers=6, hidden_size=512, num_heads=8, ffn_hidden_size=2048, max_seq_len=512
-        ),
-        text_encoder=TextEncoderConfig(
-            num_layers=2, hidden_size=256, num_heads=4, ffn_hidden_size=1024, max_len=129
-        ),
-        vision_encoder=VisionEncoderConfig(
-            num_layers=4, hidden_size=256, num_heads=4, ffn_hidden_size=1024, image_size=64, patch_size=8
-        ),
-        connector=ConnectorConfig(kind="resampler", num_latents=32, resampler_layers=1, resampler_heads=4),
-    )
-
-
-def _metalm_1_3b() -> ModelConfig:
-    # Paper decoder + language encoder; CLIP ViT-L/14-shaped vision encoder (Kosmos-1: last layer trains)
-    return ModelConfig(
-        preset="metalm-1.3b",
-        vocab_size=64000,
-        dropout=0.1,
-        attention_dropout=0.1,
-        decoder=DecoderConfig(
-            num_layers=24, hidden_size=2048, num_heads=32, ffn_hidden_size=8192, max_seq_len=2048
-        ),
-        text_encoder=TextEncoderConfig(
-            num_layers=24, hidden_size=1024, num_heads=16, ffn_hidden_size=4096, max_len=512
-        ),
-        vision_encoder=VisionEncoderConfig(
-            num_layers=24,
-            hidden_size=1024,
-            num_heads=16,
-            ffn_hidden_size=4096,
-            image_size=224,
-            patch_size=14,
-            activation="quick_gelu",  # CLIP's, so CLIP ViT-L/14 weights can be loaded
-            trainable_layers=1,
-        ),
-        connector=ConnectorConfig(kind="linear", num_latents=64, resampler_layers=1, resampler_heads=16),
-    )
-
-
-PRESETS = {"debug": _debug, "small": _small, "metalm-1.3b": _metalm_1_3b}
-
-# Shorthands for the properties: override key -> dotted field
-ALIASES = {
-    "max_seq_len": "decoder.max_seq_len",
-    "image_size": "vision_encoder.image_size",
-    "span_max_len": "text_encoder.max_len",
-    "patch_size": "vision_encoder.patch_size",
-}
-
-
-def _set_dotted(obj: Any, key: str, value: Any, path: str) -> None:
-    head, _, rest = key.partition(".")
-    if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:
-        known = ", ".join(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else ""
-        raise UserError(f"unknown model setting {path!r}: known keys here are {known}")
-    current = getattr(obj, head)
-    if rest:
-        _set_dotted(current, rest, value, path)
-    elif dataclasses.is_dataclass(current):
-        if not isinstance(value, dict):
-            raise UserError(f"model setting {path!r} is a section: give a mapping of its keys")
-        for k, v in value.items():
-            _set_dotted(current, k, v, f"{path}.{k}")
-    else:
-        if (
-            current is not None
-            and not isinstance(value, type(current))
-            and not (isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool))
-        ):
-            raise UserError(
-                f"model setting {path}={value!r} has type {type(value).__name__}, "
-                f"expected {type(current).__name__}"
-            )
-        if isinstance(current, float):
-            value = float(value)
-        setattr(obj, head, value)
-
-
-def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
-    """A copy of cfg with overrides applied (keys: field names, dotted paths, sections as dicts, ALIASES)."""
-    cfg = copy.deepcopy(cfg)
-    for key, value in overrides.items():
-        _set_dotted(cfg, ALIASES.get(key, key), value, key)
-    return cfg
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append(
+            f"config section {path!r} must be a mapping (preset: NAME plus overrides), got {raw!r}"
+        )
+        raw = {}
+    tree: dict[str, Any] = {}
+    for key, value in raw.items():
+        one: dict[str, Any] = {}
+        loader.set_dotted(one, ALIASES.get(str(key), str(key)).split("."), value)
+        tree = loader.deep_merge(tree, one)
+    preset = str(tree.pop("preset", "custom"))
+    base: dict[str, Any] = {}
+    if preset in PRESETS:
+        base = PRESETS[preset]
+    elif preset != "custom":
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            f"unknown model preset {preset!r} ({path}.preset{hint}): use one of {', '.join(PRESETS)} "
+            "(or custom: the ModelConfig defaults)"
+        )
+    return loader.build(ModelConfig, loader.deep_merge(base, {"preset": preset, **tree}), path, problems)
 
 
 def model_config_from_preset(name: str, **overrides: Any) -> ModelConfig:
-    """The named preset with overrides (e.g. vocab_size=700, **{"decoder.num_layers": 4})."""
-    if name not in PRESETS:
-        raise UserError(f"unknown model preset {name!r}: use one of {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[name](), overrides)
+    """The named preset with overrides (e.g. vocab_size=700, **{"decoder.num_layers": 4}); one UserError
+    listing every problem."""
+    problems: list[str] = []
+    cfg = build_model_config({"preset": name, **overrides}, problems)
+    if problems:
+        raise UserError(problems)
+    return cfg

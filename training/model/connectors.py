@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig
 from torch import nn
 
 from training.model.layers import (
@@ -15,40 +14,29 @@ from training.model.layers import (
     normal_init,
     replicated_linear,
 )
+from training.model.spec import LayerSpec
 
 
 class LinearConnector(nn.Module):
     """MetaLM's connector: one linear projection per encoder output vector."""
 
-    def __init__(self, in_dim: int, out_dim: int, std: float):
+    def __init__(self, in_dim: int, out_dim: int, spec: LayerSpec):
         super().__init__()
-        self.proj = replicated_linear(in_dim, out_dim, std)
+        self.proj = replicated_linear(in_dim, out_dim, spec.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
 
 
 class ResamplerBlock(nn.Module):
-    def __init__(
-        self,
-        hidden: int,
-        heads: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        dropout: float,
-        attention_dropout: float,
-        std: float,
-    ):
+    def __init__(self, hidden: int, heads: int, spec: LayerSpec):
         super().__init__()
-        self.dropout = dropout
+        self.dropout = spec.hidden_dropout
         self.ln_media = layer_norm(hidden)
         self.ln_latents = layer_norm(hidden)
-        self.attn = ParallelAttention(
-            hidden, heads, mp, tp_group, tp_size, attention_dropout, std, cross=True
-        )
+        self.attn = ParallelAttention(hidden, heads, spec, cross=True)
         self.ln_mlp = layer_norm(hidden)
-        self.mlp = ParallelMLP(hidden, 4 * hidden, mp, tp_group, std)
+        self.mlp = ParallelMLP(hidden, 4 * hidden, spec)
 
     def forward(self, latents: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
         drop = self.dropout if self.training else 0.0
@@ -63,30 +51,14 @@ class ResamplerConnector(nn.Module):
     tokens (and themselves); their outputs, projected to the decoder width, are the image slots."""
 
     def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        num_latents: int,
-        num_layers: int,
-        heads: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        dropout: float,
-        attention_dropout: float,
-        std: float,
+        self, in_dim: int, out_dim: int, spec: LayerSpec, *, num_latents: int, num_layers: int, heads: int
     ):
         super().__init__()
         self.latents = nn.Parameter(torch.empty(num_latents, in_dim))
-        mark_init(self.latents, normal_init(std))
-        self.blocks = nn.ModuleList(
-            [
-                ResamplerBlock(in_dim, heads, mp, tp_group, tp_size, dropout, attention_dropout, std)
-                for _ in range(num_layers)
-            ]
-        )
+        mark_init(self.latents, normal_init(spec.init_std))
+        self.blocks = nn.ModuleList([ResamplerBlock(in_dim, heads, spec) for _ in range(num_layers)])
         self.ln_out = layer_norm(in_dim)
-        self.proj = replicated_linear(in_dim, out_dim, std)
+        self.proj = replicated_linear(in_dim, out_dim, spec.init_std)
 
     def forward(self, media: torch.Tensor) -> torch.Tensor:
         """media [N, tokens, in_dim] -> [N, num_latents, out_dim]."""

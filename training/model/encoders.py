@@ -7,7 +7,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import VocabParallelEmbedding
 from torch import nn
 
@@ -21,12 +20,16 @@ from training.model.layers import (
     normal_init,
     replicated_linear,
 )
+from training.model.spec import LayerSpec
 
 log = logging.getLogger(__name__)
 
 
-def vocab_embedding(vocab: int, hidden: int, mp: ModelParallelConfig, tp_group) -> VocabParallelEmbedding:
-    emb = VocabParallelEmbedding(vocab, hidden, init_method=lambda t: None, config=mp, tp_group=tp_group)
+def vocab_embedding(vocab: int, hidden: int, spec: LayerSpec) -> VocabParallelEmbedding:
+    """Vocab-parallel token embedding (rows split across TP ranks), init N(0, 1/hidden)."""
+    emb = VocabParallelEmbedding(
+        vocab, hidden, init_method=lambda t: None, config=spec.mp, tp_group=spec.tp_group
+    )
     mark_tp(emb.weight, 0)
     mark_init(emb.weight, normal_init(hidden**-0.5))
     return emb
@@ -35,39 +38,22 @@ def vocab_embedding(vocab: int, hidden: int, mp: ModelParallelConfig, tp_group) 
 class LanguageEncoder(nn.Module):
     """Bidirectional Transformer over `[<s>] + span` (learned positions); returns the span outputs."""
 
-    def __init__(
-        self,
-        cfg: TextEncoderConfig,
-        padded_vocab: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        dropout: float,
-        attention_dropout: float,
-        std: float,
-        checkpointing: str,
-    ):
+    def __init__(self, cfg: TextEncoderConfig, padded_vocab: int, spec: LayerSpec):
         super().__init__()
         self.max_len = cfg.max_len
-        self.dropout = dropout
+        self.dropout = spec.hidden_dropout
         self.embed_scale = math.sqrt(cfg.hidden_size)
-        self.embedding = vocab_embedding(padded_vocab, cfg.hidden_size, mp, tp_group)
+        self.embedding = vocab_embedding(padded_vocab, cfg.hidden_size, spec)
         self.positions = nn.Parameter(torch.empty(cfg.max_len, cfg.hidden_size))
-        mark_init(self.positions, normal_init(std))
+        mark_init(self.positions, normal_init(spec.init_std))
         self.stack = TransformerStack(
             num_layers=cfg.num_layers,
             hidden=cfg.hidden_size,
             heads=cfg.num_heads,
             ffn=cfg.ffn_hidden_size,
-            mp=mp,
-            tp_group=tp_group,
-            tp_size=tp_size,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            std=std,
-            norm_scheme=cfg.norm_scheme,
+            spec=spec,
             causal=False,
-            activation_checkpointing=checkpointing,
+            norm_scheme=cfg.norm_scheme,
         )
 
     def forward(self, span_tokens: torch.Tensor) -> torch.Tensor:
@@ -88,23 +74,13 @@ class LanguageEncoder(nn.Module):
 class VisionEncoder(nn.Module):
     """ViT: patchify (linear on c*p*p pixels, = a stride-p conv), CLS, learned positions, LN, layers, LN."""
 
-    def __init__(
-        self,
-        cfg: VisionEncoderConfig,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        dropout: float,
-        attention_dropout: float,
-        std: float,
-        checkpointing: str,
-    ):
+    def __init__(self, cfg: VisionEncoderConfig, spec: LayerSpec):
         super().__init__()
         self.image_size = cfg.image_size
         self.patch = cfg.patch_size
         self.grid = cfg.image_size // cfg.patch_size
-        h = cfg.hidden_size
-        self.dropout = dropout
+        h, std = cfg.hidden_size, spec.init_std
+        self.dropout = spec.hidden_dropout
         self.patch_embed = replicated_linear(3 * cfg.patch_size**2, h, std, bias=False)
         self.cls = nn.Parameter(torch.empty(h))
         self.positions = nn.Parameter(torch.empty(self.grid**2 + 1, h))
@@ -116,16 +92,10 @@ class VisionEncoder(nn.Module):
             hidden=h,
             heads=cfg.num_heads,
             ffn=cfg.ffn_hidden_size,
-            mp=mp,
-            tp_group=tp_group,
-            tp_size=tp_size,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            std=std,
-            norm_scheme="pre",
+            spec=spec,
             causal=False,
+            norm_scheme="pre",
             activation=cfg.activation,
-            activation_checkpointing=checkpointing,
         )
         self.trainable_layers = cfg.trainable_layers
         self.apply_freeze()

@@ -5,6 +5,9 @@ Each TP rank holds num_heads / tp heads and ffn / tp MLP columns; the fused QKV 
 per head ([head][q|k|v][head_dim] rows) so a contiguous TP shard holds whole heads and the full
 (TP-independent) weight is the concatenation of the shards.
 
+Every layer takes its shapes plus the component's `LayerSpec` (training/model/spec.py: megatron config,
+TP group and size, dropouts, init std, checkpointing).
+
 Dropout streams: hidden dropout uses the default generator (identical on the ranks of one TP group,
 since the activations are replicated); attention-probability dropout runs inside Megatron's
 `get_cuda_rng_tracker().fork()` (a different stream per TP rank, since each rank holds other heads).
@@ -17,13 +20,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch import nn
 
 from parallel.activation_checkpoint import checkpoint
+from training.model.config import Activation, NormScheme
+from training.model.spec import LayerSpec
 
 # ---------------------------------------------------------------------------------------------------
 # init marks: every parameter carries how its FULL (TP-independent) tensor is initialized; the
@@ -60,52 +64,48 @@ def mark_tp(param: torch.Tensor | None, dim: int) -> None:
         set_tensor_model_parallel_attributes(param, True, dim, 1)
 
 
-def megatron_config(tp_size: int, params_dtype: torch.dtype = torch.float32) -> ModelParallelConfig:
-    """ModelParallelConfig for our layers: CPU allocation (works on meta/CPU/GPU), our own init."""
-    return ModelParallelConfig(
-        tensor_model_parallel_size=tp_size,
-        use_cpu_initialization=True,
-        perform_initialization=False,
-        params_dtype=params_dtype,
-        sequence_parallel=False,
-        gradient_accumulation_fusion=False,
-    )
-
-
 def column_linear(
     in_f: int,
     out_f: int,
-    mp: ModelParallelConfig,
-    tp_group,
-    std: float,
+    spec: LayerSpec,
+    *,
+    scale: float = 1.0,
     bias: bool = True,
     init: InitFn | None = None,
 ) -> ColumnParallelLinear:
+    """Output features split across the TP ranks; weight ~ N(0, (spec.init_std * scale)^2) unless `init`."""
     layer = ColumnParallelLinear(
-        in_f, out_f, config=mp, init_method=lambda t: None, bias=bias, gather_output=False, tp_group=tp_group
+        in_f,
+        out_f,
+        config=spec.mp,
+        init_method=lambda t: None,
+        bias=bias,
+        gather_output=False,
+        tp_group=spec.tp_group,
     )
     mark_tp(layer.weight, 0)
     mark_tp(layer.bias, 0)
-    mark_init(layer.weight, init or normal_init(std))
+    mark_init(layer.weight, init or normal_init(spec.init_std, scale))
     mark_init(layer.bias, const_init(0.0))
     return layer
 
 
 def row_linear(
-    in_f: int, out_f: int, mp: ModelParallelConfig, tp_group, std: float, bias: bool = True
+    in_f: int, out_f: int, spec: LayerSpec, *, scale: float = 1.0, bias: bool = True
 ) -> RowParallelLinear:
+    """Input features split across the TP ranks (output all-reduced); weight ~ N(0, (init_std * scale)^2)."""
     layer = RowParallelLinear(
         in_f,
         out_f,
-        config=mp,
+        config=spec.mp,
         init_method=lambda t: None,
         bias=bias,
         input_is_parallel=True,
         skip_bias_add=False,
-        tp_group=tp_group,
+        tp_group=spec.tp_group,
     )
     mark_tp(layer.weight, 1)
-    mark_init(layer.weight, normal_init(std))
+    mark_init(layer.weight, normal_init(spec.init_std, scale))
     mark_init(layer.bias, const_init(0.0))
     return layer
 
@@ -155,22 +155,18 @@ class ParallelAttention(nn.Module):
         self,
         hidden: int,
         num_heads: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        attention_dropout: float,
-        std: float,
+        spec: LayerSpec,
+        *,
         value_out_scale: float = 1.0,
         cross: bool = False,
-        selective_checkpoint: bool = False,
     ):
         super().__init__()
-        self.num_heads_local = num_heads // tp_size
+        self.num_heads_local = num_heads // spec.tp_size
         self.head_dim = hidden // num_heads
-        self.attention_dropout = attention_dropout
+        self.attention_dropout = spec.attention_dropout
         self.cross = cross
-        self.selective_checkpoint = selective_checkpoint
-        d = self.head_dim
+        self.selective_checkpoint = spec.selective_checkpoint
+        d, std = self.head_dim, spec.init_std
 
         def qkv_init(parts: int, value_index: int | None) -> InitFn:
             # full weight rows: [head][part][head_dim]; scale the value part (DeepNorm beta)
@@ -182,11 +178,11 @@ class ParallelAttention(nn.Module):
             return init
 
         if cross:
-            self.q = column_linear(hidden, hidden, mp, tp_group, std)
-            self.kv = column_linear(hidden, 2 * hidden, mp, tp_group, std, init=qkv_init(2, 1))
+            self.q = column_linear(hidden, hidden, spec)
+            self.kv = column_linear(hidden, 2 * hidden, spec, init=qkv_init(2, 1))
         else:
-            self.qkv = column_linear(hidden, 3 * hidden, mp, tp_group, std, init=qkv_init(3, 2))
-        self.out = row_linear(hidden, hidden, mp, tp_group, std * value_out_scale)
+            self.qkv = column_linear(hidden, 3 * hidden, spec, init=qkv_init(3, 2))
+        self.out = row_linear(hidden, hidden, spec, scale=value_out_scale)
 
     def _heads(self, x: torch.Tensor, parts: int) -> list[torch.Tensor]:
         b, t, _ = x.shape
@@ -259,21 +255,14 @@ class ParallelMLP(nn.Module):
     """GELU MLP: column-parallel up-projection, row-parallel down-projection."""
 
     def __init__(
-        self,
-        hidden: int,
-        ffn: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        std: float,
-        scale: float = 1.0,
-        activation: str = "gelu",
+        self, hidden: int, ffn: int, spec: LayerSpec, *, scale: float = 1.0, activation: Activation = "gelu"
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: use one of {', '.join(ACTIVATIONS)}")
         self.act = ACTIVATIONS[activation]
-        self.fc1 = column_linear(hidden, ffn, mp, tp_group, std * scale)
-        self.fc2 = row_linear(ffn, hidden, mp, tp_group, std * scale)
+        self.fc1 = column_linear(hidden, ffn, spec, scale=scale)
+        self.fc2 = row_linear(ffn, hidden, spec, scale=scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)[0]))[0]
@@ -287,20 +276,16 @@ class TransformerLayer(nn.Module):
         hidden: int,
         heads: int,
         ffn: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        dropout: float,
-        attention_dropout: float,
-        std: float,
-        norm_scheme: str,
-        num_layers: int,
-        selective_checkpoint: bool,
-        activation: str = "gelu",
+        spec: LayerSpec,
+        *,
+        norm_scheme: NormScheme = "pre",
+        num_layers: int = 1,
+        activation: Activation = "gelu",
     ):
+        """num_layers: depth of the stack (DeepNorm's alpha and beta depend on it)."""
         super().__init__()
         self.norm_scheme = norm_scheme
-        self.dropout = dropout
+        self.dropout = spec.hidden_dropout
         if norm_scheme == "deepnorm":
             # DeepNet for decoder-only / single stacks: alpha = (2N)^(1/4), beta = (8N)^(-1/4)
             self.alpha = (2.0 * num_layers) ** 0.25
@@ -308,19 +293,9 @@ class TransformerLayer(nn.Module):
         else:
             self.alpha, beta = 1.0, 1.0
         self.ln1 = layer_norm(hidden)
-        self.attn = ParallelAttention(
-            hidden,
-            heads,
-            mp,
-            tp_group,
-            tp_size,
-            attention_dropout,
-            std,
-            value_out_scale=beta,
-            selective_checkpoint=selective_checkpoint,
-        )
+        self.attn = ParallelAttention(hidden, heads, spec, value_out_scale=beta)
         self.ln2 = layer_norm(hidden)
-        self.mlp = ParallelMLP(hidden, ffn, mp, tp_group, std, scale=beta, activation=activation)
+        self.mlp = ParallelMLP(hidden, ffn, spec, scale=beta, activation=activation)
 
     def forward(
         self,
@@ -351,37 +326,24 @@ class TransformerStack(nn.Module):
         hidden: int,
         heads: int,
         ffn: int,
-        mp: ModelParallelConfig,
-        tp_group,
-        tp_size: int,
-        dropout: float,
-        attention_dropout: float,
-        std: float,
-        norm_scheme: str,
+        spec: LayerSpec,
         causal: bool,
-        activation_checkpointing: str,
-        activation: str = "gelu",
+        norm_scheme: NormScheme = "pre",
+        activation: Activation = "gelu",
     ):
         super().__init__()
         self.causal = causal
-        self.full_checkpoint = activation_checkpointing == "full"
-        selective = activation_checkpointing == "selective"
+        self.full_checkpoint = spec.full_checkpoint
         self.layers = nn.ModuleList(
             [
                 TransformerLayer(
                     hidden,
                     heads,
                     ffn,
-                    mp,
-                    tp_group,
-                    tp_size,
-                    dropout,
-                    attention_dropout,
-                    std,
-                    norm_scheme,
-                    num_layers,
-                    selective,
-                    activation,
+                    spec,
+                    norm_scheme=norm_scheme,
+                    num_layers=num_layers,
+                    activation=activation,
                 )
                 for _ in range(num_layers)
             ]

@@ -9,7 +9,7 @@ over the whole sequence, and the loss is the next-token cross-entropy where `los
 Tensor parallelism: the decoder, both encoders and the resampler split heads / FFN across the TP
 group (megatron-core Column/RowParallelLinear); the token embeddings are vocab-parallel and the
 decoder's output layer is tied to its embedding (vocab-parallel logits + vocab-parallel CE). The TP
-group comes from the Topology passed in.
+group comes from the Topology passed in, inside one LayerSpec per component (training/model/spec.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from training.data.batch import Batch
 from training.model.config import ModelConfig
 from training.model.connectors import LinearConnector, ResamplerConnector
 from training.model.encoders import LanguageEncoder, VisionEncoder, vocab_embedding
-from training.model.layers import KVCache, TransformerStack, megatron_config, sinusoidal_positions
+from training.model.layers import KVCache, TransformerStack, sinusoidal_positions
+from training.model.spec import component_specs
 
 log = logging.getLogger(__name__)
 
@@ -52,67 +53,50 @@ class MetaLM(nn.Module):
             raise UserError(problems)
         self.cfg = cfg
         self.topology = topology
-        tp, group = topology.tp_size, topology.tp_group
-        mp = megatron_config(tp, params_dtype)
-        d, te, ve = cfg.decoder, cfg.text_encoder, cfg.vision_encoder
-        ckpt = cfg.activation_checkpointing
-        std = cfg.init_std
+        d, te, ve, c = cfg.decoder, cfg.text_encoder, cfg.vision_encoder, cfg.connector
+        self.specs = specs = component_specs(cfg, topology, params_dtype)
+        dec = specs["decoder"]
+        self.embed_dropout = dec.hidden_dropout
         self.padded_vocab = cfg.padded_vocab_size()
 
         # build directly on the target device (GPU ranks never hold a CPU copy); init fills it below
         with torch.device(topology.device):
-            self.embedding = vocab_embedding(self.padded_vocab, d.hidden_size, mp, group)
+            self.embedding = vocab_embedding(self.padded_vocab, d.hidden_size, dec)
             self.embed_scale = math.sqrt(d.hidden_size)
             self.decoder = TransformerStack(
                 num_layers=d.num_layers,
                 hidden=d.hidden_size,
                 heads=d.num_heads,
                 ffn=d.ffn_hidden_size,
-                mp=mp,
-                tp_group=group,
-                tp_size=tp,
-                dropout=cfg.dropout,
-                attention_dropout=cfg.attention_dropout,
-                std=std,
-                norm_scheme=d.norm_scheme,
+                spec=dec,
                 causal=True,
-                activation_checkpointing=ckpt,
+                norm_scheme=d.norm_scheme,
             )
             # tied output: logits shard = hidden @ embedding_shard.T (weight passed at call time)
             self.output_layer = ColumnParallelLinear(
                 d.hidden_size,
                 self.padded_vocab,
-                config=mp,
+                config=dec.mp,
                 init_method=lambda t: None,
                 bias=False,
                 gather_output=False,
                 skip_weight_param_allocation=True,
-                tp_group=group,
+                tp_group=dec.tp_group,
             )
-            self.text_encoder = LanguageEncoder(
-                te, self.padded_vocab, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt
-            )
-            self.text_connector = LinearConnector(te.hidden_size, d.hidden_size, std)
-            self.vision_encoder = VisionEncoder(
-                ve, mp, group, tp, cfg.dropout, cfg.attention_dropout, std, ckpt
-            )
-            if cfg.connector.kind == "resampler":
-                c = cfg.connector
+            self.text_encoder = LanguageEncoder(te, self.padded_vocab, specs["text_encoder"])
+            self.text_connector = LinearConnector(te.hidden_size, d.hidden_size, specs["connectors"])
+            self.vision_encoder = VisionEncoder(ve, specs["vision_encoder"])
+            if c.kind == "resampler":
                 self.image_connector = ResamplerConnector(
                     ve.hidden_size,
                     d.hidden_size,
-                    c.num_latents,
-                    c.resampler_layers,
-                    c.resampler_heads,
-                    mp,
-                    group,
-                    tp,
-                    cfg.dropout,
-                    cfg.attention_dropout,
-                    std,
+                    specs["connectors"],
+                    num_latents=c.num_latents,
+                    num_layers=c.resampler_layers,
+                    heads=c.resampler_heads,
                 )
             else:
-                self.image_connector = LinearConnector(ve.hidden_size, d.hidden_size, std)
+                self.image_connector = LinearConnector(ve.hidden_size, d.hidden_size, specs["connectors"])
         if topology.device.type != "meta":  # counting on meta needs no DeepSpeed import
             _register_tied_output_weight(self)
         # megatron resolves the group it actually uses (the global TP group when none is given)
@@ -227,7 +211,7 @@ class MetaLM(nn.Module):
             zero = zero + self.encode_images(dummy).sum() * 0.0
         h = flat.view(b, t, -1) + zero
         h = h + sinusoidal_positions(torch.arange(t, device=dev), h.shape[-1], h.dtype)
-        return F.dropout(h, self.cfg.dropout if self.training else 0.0, self.training)
+        return F.dropout(h, self.embed_dropout if self.training else 0.0, self.training)
 
     def logits_shard(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel logits [.., padded_vocab / tp] (tied to the embedding); padded ids masked."""

@@ -1,11 +1,14 @@
-"""ModelConfig: presets, overrides, and problems collected together with their fixes."""
+"""ModelConfig: presets (data), overrides through the one config engine, problems collected with fixes."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from common.errors import UserError
-from training.model.config import PRESETS, ModelConfig, model_config_from_preset
+from training.config import load_config
+from training.model.config import PRESETS, ModelConfig, build_model_config, model_config_from_preset
 
 
 def test_presets_are_valid_and_debug_divides_by_tp_2_and_4():
@@ -50,25 +53,75 @@ def test_overrides_dotted_aliases_sections_and_unknown_keys():
         model_config_from_preset("debug", vocab_size="many")
     with pytest.raises(UserError, match="unknown model preset 'gpt5'.*debug"):
         model_config_from_preset("gpt5")
-    cfg2 = ModelConfig.from_dict({"preset": "small", "decoder": {"num_layers": 2}})
-    assert cfg2.preset == "small" and cfg2.decoder.num_layers == 2
-    assert ModelConfig.from_dict(cfg2.to_dict()) == cfg2
+    problems: list[str] = []
+    cfg2 = build_model_config({"preset": "small", "decoder": {"num_layers": 2}}, problems)
+    assert cfg2.preset == "small" and cfg2.decoder.num_layers == 2 and problems == []
+    assert (
+        build_model_config(cfg2.to_dict(), problems) == cfg2 and problems == []
+    )  # resolved config round-trips
+
+
+def test_presets_are_data_built_by_the_engine():
+    for name, data in PRESETS.items():
+        assert isinstance(data, dict)  # a model: section, not constructor code
+        problems: list[str] = []
+        cfg = build_model_config({"preset": name}, problems)
+        assert problems == [] and cfg == model_config_from_preset(name)
+        assert cfg.decoder.num_layers == data["decoder"]["num_layers"]
+        assert cfg.to_dict() == {**_nested_update(ModelConfig().to_dict(), data), "preset": name}
+    # a preset plus the same values as a YAML section gives the same config
+    as_yaml = {"preset": "custom", **PRESETS["debug"]}
+    assert dataclasses.replace(build_model_config(as_yaml, []), preset="debug") == model_config_from_preset(
+        "debug"
+    )
+
+
+def _nested_update(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _nested_update(base[k], v) if isinstance(v, dict) else v
+    return out
+
+
+def test_typos_and_bad_choices_get_the_engine_message_everywhere():
+    did_you_mean = "unknown config key 'model.decoder.num_layer' (did you mean 'num_layers'?)"
+    with pytest.raises(UserError) as e:
+        load_config(None, ["model.decoder.num_layer=3"])
+    assert did_you_mean in str(e.value)
+    with pytest.raises(UserError) as e:
+        model_config_from_preset("debug", **{"decoder.num_layer": 3})
+    assert did_you_mean in str(e.value)
+    # every problem at once, Literal choices named
+    with pytest.raises(UserError) as e:
+        load_config(None, ["model.decoder.num_layer=3", "model.connector.kind=foo", "model.max_seq_len=x"])
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and did_you_mean in msg
+    assert "model.connector.kind: 'foo' is not one of 'linear', 'resampler'" in msg
+    assert "model.decoder.max_seq_len: expected int, got 'x'" in msg  # alias max_seq_len
+    with pytest.raises(UserError, match="model.decoder.norm_scheme: 'post' is not one of 'pre', 'deepnorm'"):
+        model_config_from_preset("debug", **{"decoder.norm_scheme": "post"})
+    with pytest.raises(UserError, match="did you mean 'metalm-1.3b'"):
+        load_config(None, ["model.preset=metalm-1.3B"])
+    for alias, field in [("image_size", "vision_encoder"), ("patch_size", "vision_encoder")]:
+        assert getattr(getattr(model_config_from_preset("debug", **{alias: 16}), field), alias) == 16
+    assert model_config_from_preset("debug", span_max_len=33).text_encoder.max_len == 33
 
 
 def test_problems_are_collected_with_fixes():
     cfg = model_config_from_preset(
         "debug",
         pad_vocab_to_multiple_of=5,
-        activation_checkpointing="some",
         **{
             "decoder.num_heads": 6,
             "decoder.hidden_size": 66,
             "text_encoder.ffn_hidden_size": 129,
             "vision_encoder.image_size": 30,
             "vision_encoder.weights_path": "/nonexistent/vit.safetensors",
-            "decoder.norm_scheme": "post",
         },
     )
+    # bad Literal choices set in Python (not through the engine) are reported by problems() too
+    cfg.activation_checkpointing = "some"
+    cfg.decoder = dataclasses.replace(cfg.decoder, norm_scheme="post")
     problems = cfg.problems(tp=4, world_size=2)
     text = "\n".join(problems)
     for needle in [
@@ -79,8 +132,8 @@ def test_problems_are_collected_with_fixes():
         "model.text_encoder.ffn_hidden_size=129 is not divisible by tp=4",
         "image_size=30 is not divisible by model.vision_encoder.patch_size=8",
         "weights_path='/nonexistent/vit.safetensors' does not exist",
-        "activation_checkpointing='some'",
-        "norm_scheme='post'",
+        "model.activation_checkpointing: 'some' is not one of 'none', 'full', 'selective'",
+        "model.decoder.norm_scheme: 'post' is not one of 'pre', 'deepnorm'",
     ]:
         assert needle in text, f"missing problem {needle!r} in:\n{text}"
     with pytest.raises(UserError) as e:

@@ -38,6 +38,16 @@ def test_cli_prints_counts(capsys):
     assert main(["gpt5"]) == USER_ERROR
     assert "unknown model preset" in capsys.readouterr().err
     assert main(["debug", "decoder.num_heads=5"]) == USER_ERROR
+    capsys.readouterr()
+    # the config engine's messages, every problem at once
+    assert main(["debug", "decoder.num_layer=3", "connector.kind=foo", "max_seq_len=x"]) == USER_ERROR
+    err = capsys.readouterr().err
+    assert "3 problem(s)" in err
+    assert "unknown config key 'model.decoder.num_layer' (did you mean 'num_layers'?)" in err
+    assert "model.connector.kind: 'foo' is not one of 'linear', 'resampler'" in err
+    assert "model.decoder.max_seq_len: expected int, got 'x'" in err
+    assert main(["debug", "max_seq_len=96", "vision_encoder.activation=quick_gelu"]) == 0
+    assert "seq 96" in capsys.readouterr().out
 
 
 def test_rank_memory_estimate():
