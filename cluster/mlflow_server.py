@@ -19,15 +19,23 @@ from pathlib import Path
 
 from common.errors import UserError
 
+from .options import option
+
 
 @dataclass
 class MlflowServerOptions:
-    host: str = "127.0.0.1"  # address to bind (0.0.0.0 = every interface)
-    port: int = 5000  # TCP port
-    backend_store_uri: str = "sqlite:///runs/mlflow.db"  # sqlite:///FILE or a database URI
-    artifacts_destination: str = "runs/mlartifacts"  # where served artifacts are stored (folder or s3://...)
-    workers: int = 2  # server worker processes
-    allowed_hosts: str = ""  # extra Host headers to accept, comma-separated (added to the defaults)
+    """The server's settings; each field is also a `./launch.sh mlflow-server` option."""
+
+    host: str = option("127.0.0.1", "address to bind (default %(default)s; 0.0.0.0 for the cluster)")
+    port: int = option(5000, "port (default %(default)s)")  # TCP
+    backend_store_uri: str = option(
+        "sqlite:///runs/mlflow.db", "sqlite:///FILE or a database URI (default %(default)s)"
+    )
+    # served artifacts are stored here: a folder, or s3://... and the like
+    artifacts_destination: str = option("runs/mlartifacts", "artifact folder or URI (default %(default)s)")
+    workers: int = option(2, "server worker processes (default %(default)s)")
+    # added to MLflow's defaults (localhost, private IPs) and this machine's names
+    allowed_hosts: str = option("", "extra Host headers to accept, comma-separated")
 
     def problems(self) -> list[str]:
         p = []

@@ -1,7 +1,7 @@
 """Render the sbatch script (cluster/slurm/metalm.sbatch.in) and submit it.
 
 opts = SbatchOptions(nodes=2, gpus_per_node=8, partition="gpu", time="24:00:00")
-text = render_sbatch(opts, job)          # a complete bash script; `bash -n` clean
+text = render_sbatch(opts, job, cfg.run_dir, Path.cwd(), python)  # a complete bash script; `bash -n` clean
 job_id = submit(path_to_written_script)  # sbatch --parsable
 """
 
@@ -13,12 +13,14 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from training.run_dir import LaunchLogs, RunDir
 
 from .commands import TrainingJob
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -30,22 +32,46 @@ LAUNCHERS = ("torchrun", "deepspeed")
 
 @dataclass
 class SbatchOptions:
-    nodes: int = 1  # nodes (one SLURM task per node)
-    gpus_per_node: int = 0  # GPUs per node (0 = CPU job); also the processes per node when > 0
-    nproc_per_node: int | None = None  # processes per node (default: gpus_per_node, or 1 on CPU)
-    cpus_per_task: int | None = None  # CPU cores for each node's task (None = partition default)
-    partition: str = ""  # SLURM partition (empty = cluster default)
-    account: str = ""  # SLURM account to charge (empty = user default)
-    qos: str = ""  # SLURM QOS (empty = default)
-    time: str = ""  # time limit, e.g. 24:00:00 or 2-00:00:00 (empty = partition default)
-    mem: str = ""  # memory per node, e.g. 500G (empty = default; 0 = all of it)
-    job_name: str = "metalm"  # SLURM job name
-    launcher: str = "torchrun"  # per-node launcher: torchrun (c10d) or deepspeed (--launcher slurm)
-    signal_lead_s: int = 300  # USR1 this many seconds before the time limit (save + requeue)
-    shutdown_timeout_s: int = 600  # torchrun waits this long for ranks to save after a signal before SIGKILL
-    max_requeues: int = 50  # stop requeueing after this many restarts (a job that never progresses)
-    rdzv_host: str = ""  # rendezvous address baked into the script (default: first node of the allocation)
-    extra_sbatch: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. --constraint=h100
+    """The job's shape and SLURM settings; each field is also a `./launch.sh slurm` option."""
+
+    nodes: int = option(1, "nodes (default %(default)s)")  # one SLURM task per node
+    gpus_per_node: int = option(0, "GPUs per node = processes per node (default %(default)s: CPU job)")
+    nproc_per_node: int | None = option(None, "processes per node (default: --gpus-per-node, or 1 on CPU)")
+    cpus_per_task: int | None = option(None, "CPU cores per node's task")  # None = partition default
+    partition: str = option("", "SLURM partition")  # empty = cluster default
+    account: str = option("", "SLURM account")  # empty = user default
+    qos: str = option("", "SLURM QOS")  # empty = default
+    time: str = option("", "time limit, e.g. 24:00:00")  # or 2-00:00:00; empty = partition default
+    mem: str = option("", "memory per node, e.g. 500G")  # empty = default; 0 = all of it
+    job_name: str = option("metalm", "job name (default %(default)s)")
+    launcher: str = option(
+        "torchrun",
+        "per-node launcher: torchrun with c10d rendezvous (default) or deepspeed --launcher slurm",
+        choices=LAUNCHERS,
+    )
+    signal_lead_s: int = option(
+        300,
+        "send USR1 (save + requeue) this many seconds before the time limit (default %(default)s)",
+        flag="--signal-lead",
+    )
+    shutdown_timeout_s: int = option(
+        600,
+        "seconds ranks get to checkpoint after the signal before SIGKILL (default %(default)s)",
+        flag="--shutdown-timeout",
+    )
+    # a job that fails to progress is not requeued forever
+    max_requeues: int = option(50, "stop requeueing after this many restarts (default %(default)s)")
+    rdzv_host: str = option(
+        "",
+        "rendezvous address (default: first node of the allocation, from `scontrol show hostnames`; "
+        "the env METALM_RDZV_HOST at submit time does the same)",
+    )
+    extra_sbatch: list[str] = option(
+        help="extra sbatch option, repeatable, e.g. --sbatch=--constraint=h100",
+        default_factory=list,
+        flag="--sbatch",
+        metavar="OPTION",
+    )
 
     @property
     def procs_per_node(self) -> int:
@@ -113,21 +139,24 @@ def _sbatch_lines(opts: SbatchOptions) -> str:
     return "\n".join(f"#SBATCH {line}" for line in lines) if lines else "# (no further #SBATCH options)"
 
 
-def render_sbatch(opts: SbatchOptions, job: TrainingJob, run_dir: Path, workdir: Path, python: str) -> str:
+def render_sbatch(opts: SbatchOptions, job: TrainingJob, run: RunDir, workdir: Path, python: str) -> str:
     """The complete sbatch script for `job` (placeholders filled, arguments shell-quoted)."""
     problems = opts.problems()
     if problems:
         raise UserError(problems)
-    run_dir = Path(run_dir).resolve()
+    run = run.resolved()
+    # the paths the script computes at run time, spelled with its own shell variables
+    shell_run = RunDir("$RUN_DIR")
+    job_logs = LaunchLogs("$JOB_LOG_DIR")  # = shell_run.slurm_restart_logs("$SLURM_JOB_ID", "$RESTART")
     omp = max(1, (opts.cpus_per_task or opts.procs_per_node) // opts.procs_per_node)
     values = {
         "job_name": opts.job_name,
         "nodes": str(opts.nodes),
         "sbatch_options": _sbatch_lines(opts),
         "signal_lead_s": str(opts.signal_lead_s),
-        "log_root": str(run_dir / "logs"),
+        "batch_log": str(run.slurm_batch_log("%j")),
         "workdir": str(Path(workdir).resolve()),
-        "run_dir": shlex.quote(str(run_dir)),
+        "run_dir": shlex.quote(str(run.root)),
         "python": shlex.quote(python),
         "repo": shlex.quote(str(Path(__file__).resolve().parent.parent)),
         "nproc_per_node": str(opts.procs_per_node),
@@ -141,10 +170,15 @@ def render_sbatch(opts: SbatchOptions, job: TrainingJob, run_dir: Path, workdir:
             else "# rendezvous on the first node (set METALM_RDZV_HOST to override)"
         ),
         "omp_num_threads": str(omp),
+        "job_log_dir": str(shell_run.slurm_restart_logs("$SLURM_JOB_ID", "$RESTART").root),
+        "exit_dir": str(job_logs.exit),
+        "ranks_dir": str(job_logs.ranks),
+        "hostfile": str(job_logs.hostfile),
+        "latest": str(shell_run.latest),
     }
-    if any(c.isspace() for c in values["log_root"] + values["workdir"]):
+    if any(c.isspace() for c in values["batch_log"] + values["workdir"]):
         raise UserError(
-            f"run folder {run_dir} or working folder {workdir}: #SBATCH paths cannot contain spaces"
+            f"run folder {run.root} or working folder {workdir}: #SBATCH paths cannot contain spaces"
         )
     text = TEMPLATE.read_text()
     missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))

@@ -1,4 +1,4 @@
-"""Command line: `python -m data_prep {tokenizer,pairs,text,inspect,verify,synth} ...` (see --help)."""
+"""Command line: `python -m data_prep {tokenizer,pairs,text,tasks,inspect,verify,synth} ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ typical flow (what `scripts/demo_data.sh OUT` runs):
   python -m data_prep text --input OUT/raw/text/train.jsonl --tokenizer OUT/tokenizer --seq-len 128 --output OUT/shards/text-train
   python -m data_prep verify OUT/shards/pairs-train OUT/shards/text-train
   python -m data_prep inspect OUT/shards/pairs-train --images-out OUT/inspect
+  python -m data_prep tasks --input shapes_vqa=OUT/raw/tasks/shapes_vqa_train.jsonl OUT/raw/tasks/shapes_text_train.jsonl --tokenizer OUT/tokenizer --image-size 32 --output OUT/shards/tasks-train
 
 long input lists: put one argument per line in a file and pass @FILE (e.g. --input @tars.txt).
 
@@ -62,7 +63,8 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep",
-        description="Offline data preparation for MetaLM: tokenizer, image-text and text MDS shards, checks.",
+        description="Offline data preparation for MetaLM: tokenizer, image-text, text and finetuning-task "
+        "MDS shards, checks.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         fromfile_prefix_chars="@",
@@ -171,6 +173,87 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_output(p)
 
     p = sub.add_parser(
+        "tasks",
+        help="finetuning task data (JSONL, VQA v2, COCO captions) -> MDS task shards",
+        description="Finetuning data for MetaLM, through the encoders. Each example is rendered with a\n"
+        "template drawn from --templates (seeded by --seed and the example key: the same for any\n"
+        "--workers) that says which images go to the vision encoder, which text segments to the\n"
+        "language encoder (one span each), the decoder prompt (no loss) and the target. Images are\n"
+        "resized + center-cropped as in `pairs`. Columns: key, dataset, template_id, images (list\n"
+        "of JPEG bytes), encoder_segments (token id lists, no <s>), decoder_prompt_ids (list),\n"
+        "target_ids (int32, no </s>), target, answers, choices, label, question_id, image_id\n"
+        "(data_prep/tasks.py documents them; the template schema is in data_prep/task_templates.py\n"
+        "and data_prep/templates/default.yaml). A template naming a field that an input's first\n"
+        "example lacks is an error before anything is written. Bad examples are skipped and counted\n"
+        "by reason in stats.json; too long encoder segments and targets are cut and counted.",
+        epilog="examples:\n"
+        "  python -m data_prep tasks --input mnli=mnli_train.jsonl flan=flan.jsonl.zst --tokenizer tok "
+        "--max-per-dataset 30000 --output shards/multitask --workers 8\n"
+        "  python -m data_prep tasks --format vqa --questions v2_OpenEnded_mscoco_train2014_questions.json "
+        "--annotations v2_mscoco_train2014_annotations.json --image-root train2014 --tokenizer tok "
+        "--output shards/vqa-train\n"
+        "  python -m data_prep tasks --input captions_train2017.json --image-root train2017 "
+        "--tokenizer tok --output shards/coco-caption-ft\n"
+        "JSONL rows: any fields the templates name; optional image/images (paths relative to\n"
+        "--image-root, default the file's folder), choices (list of str) + label (int), answers\n"
+        "(list of str, references for scoring).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--input",
+        nargs="*",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="JSONL task files (.jsonl, .jsonl.zst) and COCO captions .json; NAME = the template set "
+        "(default: file stem without a split suffix, e.g. mnli_train.jsonl -> mnli; COCO: coco_caption)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", "jsonl", "coco", "vqa"],
+        default="auto",
+        help="format of --input files (auto: by name); vqa: the input is --questions/--annotations",
+    )
+    p.add_argument(
+        "--questions", metavar="[NAME=]Q.json", help="VQA v2 questions JSON (dataset name default: vqa)"
+    )
+    p.add_argument("--annotations", help="VQA v2 annotations JSON (target = multiple_choice_answer)")
+    p.add_argument(
+        "--image-pattern",
+        action="append",
+        help="VQA image file name under --image-root; repeat to try several (default: "
+        "COCO_{split}_{image_id:012d}.jpg, then {image_id}.jpg; split = the questions' data_subtype)",
+    )
+    p.add_argument(
+        "--image-root", help="folder image paths are relative to (default: each input file's folder)"
+    )
+    p.add_argument("--templates", help="YAML template file (default: data_prep/templates/default.yaml)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder from `data_prep tokenizer`")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of template draws and --max-per-dataset (default 0)"
+    )
+    p.add_argument(
+        "--max-per-dataset",
+        type=int,
+        help="keep at most N examples per dataset, a seeded deterministic choice (the paper used 30000)",
+    )
+    p.add_argument(
+        "--max-encoder-tokens",
+        type=int,
+        default=511,
+        help="cut each encoder segment to this many tokens (default 511: + <s> = 512 encoder positions)",
+    )
+    p.add_argument("--max-target-tokens", type=int, default=128, help="cut targets to this many tokens")
+    p.add_argument(
+        "--coco-captions",
+        choices=["all", "first"],
+        default="all",
+        help="COCO: one example per caption (all, for training) or per image (first, for evaluation)",
+    )
+    p.add_argument("--image-size", type=int, default=224, help="output side in pixels (default 224)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default 95)")
+    _add_common_output(p)
+
+    p = sub.add_parser(
         "inspect",
         help="counts, token statistics and decoded samples of a shard folder",
         epilog="example: python -m data_prep inspect shards/coco --images-out /tmp/look",
@@ -193,11 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "synth",
-        help="write a sample image-text + text dataset (seeded)",
-        description="Images of one filled shape on white; caption = '{size} {colour} {shape} "
-        "{row} {column}' (e.g. 'large red circle top left'), a function of the image. Writes "
-        "DIR/pairs/{train,val}-NNNNN.tar (img2dataset layout) and DIR/text/{train,val}.jsonl.",
-        epilog="example: python -m data_prep synth --output data/raw --num-images 3000",
+        help="write a sample image-text + text dataset, held-out eval sets and finetuning tasks (seeded)",
+        description="Images of one filled shape on white; caption = '{size} {colour} {shape} {row} "
+        "{column}'\n(e.g. 'large red circle top left'), a function of the image. Writes:\n"
+        "  DIR/pairs/{train,val}-NNNNN.tar  image-text pairs (img2dataset layout)\n"
+        "  DIR/text/{train,val}.jsonl       a text corpus\n"
+        "  DIR/eval/caption/  images/ + captions.json: COCO captions format, 3 reference captions\n"
+        "                     per held-out image\n"
+        "  DIR/eval/vqa/      images/ + questions.json + annotations.json: VQA v2 format, 2-4\n"
+        "                     questions per held-out image ('what colour is the shape?', 'where is\n"
+        "                     the shape?', 'what shape is it?', 'how big is the shape?'), 10\n"
+        "                     annotator answers each (data_subtype synthval)\n"
+        "  DIR/tasks/         finetuning tasks for `data_prep tasks`: shapes_vqa_train.jsonl +\n"
+        "                     images/ ({image, question, answer} on training images) and\n"
+        "                     shapes_text_{train,val}.jsonl (text-only entailment: {premise,\n"
+        "                     hypothesis, choices [yes, no], label, answer}); tokenizer_text.txt\n"
+        "                     (the default templates rendered on them: add it to the tokenizer's\n"
+        "                     --input so prompt words and ':' '?' are in the vocabulary)\n"
+        "  */image_specs.json image file name -> the drawn shape (the ground truth)\n"
+        "Answers are functions of the image. Each set has its own seeded RNG stream and image ids;\n"
+        "no eval image is identical to a pairs or task image (data_prep/task_synth.py).",
+        epilog="examples:\n  python -m data_prep synth --output data/raw --num-images 3000\n"
+        "  python -m data_prep tasks --input shapes_vqa=data/raw/tasks/shapes_vqa_train.jsonl "
+        "data/raw/tasks/shapes_text_train.jsonl --tokenizer tok --image-size 32 --output shards/tasks\n"
+        "  python -m data_prep tasks --format vqa --questions data/raw/eval/vqa/questions.json "
+        "--annotations data/raw/eval/vqa/annotations.json --image-root data/raw/eval/vqa/images "
+        "--tokenizer tok --image-size 32 --output shards/eval-vqa",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--output", required=True, help="folder to write into")
     p.add_argument("--num-images", type=int, default=3000, help="train images (default 3000)")
@@ -206,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-docs", type=int, default=2000, help="train text documents (default 2000)")
     p.add_argument("--num-val-docs", type=int, default=200, help="val text documents (default 200)")
     p.add_argument("--per-tar", type=int, default=1000, help="samples per tar (default 1000)")
+    p.add_argument(
+        "--num-eval-images",
+        type=int,
+        default=64,
+        help="held-out images for each of eval/caption and eval/vqa (default 64; 0: no DIR/eval)",
+    )
+    p.add_argument(
+        "--num-task-images",
+        type=int,
+        default=256,
+        help="images of tasks/shapes_vqa_train.jsonl (default 256; 0: no DIR/tasks)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
 
@@ -266,6 +383,36 @@ def _run(args: argparse.Namespace) -> int:
             )
         )
         print(json.dumps({k: stats[k] for k in ("samples", "tokens", "documents", "skipped")}))
+    elif args.command == "tasks":
+        from data_prep.task_templates import DEFAULT_TEMPLATES
+        from data_prep.tasks import TasksConfig, build_tasks
+
+        stats = build_tasks(
+            TasksConfig(
+                inputs=list(args.input),
+                tokenizer=Path(args.tokenizer),
+                output=Path(args.output),
+                templates=Path(args.templates) if args.templates else DEFAULT_TEMPLATES,
+                format=args.format,
+                questions=args.questions,
+                annotations=Path(args.annotations) if args.annotations else None,
+                image_root=Path(args.image_root) if args.image_root else None,
+                image_patterns=args.image_pattern,
+                coco_captions=args.coco_captions,
+                seed=args.seed,
+                max_per_dataset=args.max_per_dataset,
+                max_encoder_tokens=args.max_encoder_tokens,
+                max_target_tokens=args.max_target_tokens,
+                image_size=args.image_size,
+                jpeg_quality=args.jpeg_quality,
+                workers=args.workers,
+                shard_size_limit=args.shard_size_limit,
+                force=args.force,
+                progress=not args.no_progress,
+            )
+        )
+        datasets = {k: v["samples"] for k, v in stats["datasets"].items()}
+        print(json.dumps({**{k: stats[k] for k in ("samples", "tokens", "skipped")}, "datasets": datasets}))
     elif args.command == "inspect":
         from data_prep.inspect_shards import inspect_shards
         from data_prep.shard_meta import read_shard_meta
@@ -303,6 +450,8 @@ def _run(args: argparse.Namespace) -> int:
             args.num_val_docs,
             args.seed,
             args.per_tar,
+            args.num_eval_images,
+            args.num_task_images,
         )
     return exit_codes.OK
 

@@ -1,7 +1,8 @@
 """`python -m data_prep inspect DIR`: counts, token statistics and a few decoded samples.
 
 For image-text shards the sample images are written to a folder (with their captions in the
-file names and in `captions.txt`) so a person can look at them.
+file names and in `captions.txt`) so a person can look at them; for task shards the images of the
+shown examples, with `samples.txt` holding each example's encoder segments, prompt and target.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.special_tokens import END_DOC_ID, PAD_ID, UNK_ID
-from data_prep.shard_meta import read_shard_meta
+from data_prep.shard_meta import read_shard_meta, split_images
 from data_prep.tokenizer import Tokenizer, load_tokenizer
 from data_prep.verify import shard_readers
 
@@ -28,13 +29,56 @@ def _percentiles(lengths: list[int]) -> dict:
     }
 
 
+def _task_ids(s: dict) -> np.ndarray:
+    parts = [np.asarray(seg, dtype=np.int64) for seg in s["encoder_segments"]]
+    prompt = np.asarray(s["decoder_prompt_ids"], dtype=np.int64)
+    return np.concatenate([*parts, prompt, s["target_ids"]]).astype(np.int64)
+
+
+def _show_tasks(shown: list[dict], tok: Tokenizer | None, out_dir: Path | None) -> list[str]:
+    """Decoded task examples; their images (and samples.txt) go to `out_dir`."""
+
+    def text(ids) -> str:
+        return repr(tok.decode(ids)) if tok else str(list(ids)[:32])
+
+    lines, listing = [], []
+    for n, s in enumerate(shown):
+        lines.append(
+            f"    [{n}] key={s['key']} dataset={s['dataset']} template={s['template_id']} "
+            f"images={len(s['images'])} label={s['label']} choices={s['choices']}"
+        )
+        for j, seg in enumerate(s["encoder_segments"]):
+            lines.append(f"        encoder[{j}]: {text(seg)}")
+        lines.append(f"        decoder prompt: {text(s['decoder_prompt_ids'])}")
+        lines.append(
+            f"        target: {text(s['target_ids'])} (text {s['target']!r}; answers {s['answers'][:3]})"
+        )
+        names = []
+        if out_dir and s["image_sizes"]:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", s["target"])[:40].strip("_")
+            for j, data in enumerate(split_images(s)):
+                names.append(f"{n:03d}_{j}_{s['dataset']}_{slug}.jpg")
+                (out_dir / names[-1]).write_bytes(data)
+        segs = " | ".join(text(seg) for seg in s["encoder_segments"])
+        listing.append(
+            f"{n}\t{s['key']}\timages={','.join(names) or '-'}\tencoder={segs}\t"
+            f"prompt={text(s['decoder_prompt_ids'])}\ttarget={text(s['target_ids'])}"
+        )
+    if out_dir and any(s["image_sizes"] for s in shown):
+        (out_dir / "samples.txt").write_text("\n".join(listing) + "\n")
+        n_img = sum(len(s["image_sizes"]) for s in shown)
+        lines.append(f"  wrote {n_img} images to {out_dir}/ (examples in samples.txt)")
+    return lines
+
+
 def inspect_shards(
     directory: str | Path,
     tokenizer_dir: str | Path | None = None,
     num_samples: int = 5,
     images_out: str | Path | None = None,
 ) -> str:
-    """A human-readable report (returned as text); writes sample images for pairs shards."""
+    """A human-readable report (returned as text); writes sample images for pairs and task shards."""
     d = Path(directory)
     meta = read_shard_meta(d)
     kind = meta["kind"]
@@ -53,11 +97,29 @@ def inspect_shards(
     counts = np.zeros(vocab, dtype=np.int64)
     lengths, shown, n_shards = [], [], 0
     docs_per_seq = []
+    task_lengths: dict[str, list[int]] = {
+        "encoder": [],
+        "segments": [],
+        "prompt": [],
+        "target": [],
+        "images": [],
+    }
     for info, reader in shard_readers(d):
         n_shards += 1
         for i in range(info["samples"]):
             s = reader.get_item(i)
-            ids = s["caption_ids"] if kind == "pairs" else s["tokens"]
+            if kind == "tasks":
+                ids = _task_ids(s)
+                for name, n in (
+                    ("encoder", sum(len(seg) for seg in s["encoder_segments"])),
+                    ("segments", len(s["encoder_segments"])),
+                    ("prompt", len(s["decoder_prompt_ids"])),
+                    ("target", len(s["target_ids"])),
+                    ("images", len(s["image_sizes"])),
+                ):
+                    task_lengths[name].append(n)
+            else:
+                ids = s["caption_ids"] if kind == "pairs" else s["tokens"]
             counts += np.bincount(ids, minlength=vocab)[:vocab]
             lengths.append(len(ids))
             if kind == "text":
@@ -70,6 +132,22 @@ def inspect_shards(
         lines.append(
             f"  image size: {meta['image_size']} px; caption tokens per sample: {_percentiles(lengths)}"
         )
+    elif kind == "tasks":
+        datasets = {k: v.get("samples") for k, v in meta.get("datasets", {}).items()}
+        lines.append(f"  datasets: {datasets}; image size: {meta.get('image_size', '-')} px")
+        for name, label in (
+            ("images", "images"),
+            ("segments", "encoder segments"),
+            ("encoder", "encoder tokens"),
+            ("prompt", "decoder prompt tokens"),
+            ("target", "target tokens"),
+        ):
+            lines.append(f"  {label} per example: {_percentiles(task_lengths[name])}")
+        for part in ("encoder_tokens", "target_tokens"):
+            if part in meta:
+                lines.append(
+                    f"  {part}: truncated {meta[part].get('truncated')} (limit {meta[part].get('limit')})"
+                )
     else:
         lines.append(
             f"  seq_len: {meta['seq_len']}; documents: {meta.get('documents')}; "
@@ -89,6 +167,10 @@ def inspect_shards(
     out_dir = Path(images_out) if images_out else None
     if out_dir and kind == "pairs":
         out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "tasks":
+        lines.append(f"  first {len(shown)} samples:")
+        lines.extend(_show_tasks(shown, tok, out_dir))
+        return "\n".join(lines)
     captions_txt = []
     lines.append(f"  first {len(shown)} samples:")
     for n, s in enumerate(shown):

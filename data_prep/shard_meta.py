@@ -35,9 +35,10 @@ TASK_COLUMNS = {
     "key": "str",
     "dataset": "str",
     "template_id": "int",
-    "images": "pkl",
+    "images": "bytes",  # the example's JPEG files back to back (no pickle in shards)
+    "image_sizes": "json",  # their byte lengths: `split_images` cuts `images` apart
     "encoder_segments": "json",
-    "decoder_prompt_ids": "ndarray:int32",
+    "decoder_prompt_ids": "json",  # a list: MDS cannot store an empty ndarray, and prompts may be empty
     "target_ids": "ndarray:int32",
     "target": "str",
     "answers": "json",
@@ -47,6 +48,20 @@ TASK_COLUMNS = {
     "image_id": "int",
 }
 COLUMNS = {"pairs": PAIRS_COLUMNS, "text": TEXT_COLUMNS, "tasks": TASK_COLUMNS}
+
+
+def join_images(jpegs: list[bytes]) -> dict:
+    """The `images` + `image_sizes` columns of a task example holding these JPEG files (0..N)."""
+    return {"images": b"".join(jpegs), "image_sizes": [len(j) for j in jpegs]}
+
+
+def split_images(sample: dict) -> list[bytes]:
+    """The JPEG files of a task example (inverse of `join_images`)."""
+    data, out, start = sample.get("images") or b"", [], 0
+    for n in sample.get("image_sizes") or []:
+        out.append(bytes(data[start : start + n]))
+        start += n
+    return out
 
 
 def read_shard_meta(directory: str | os.PathLike) -> dict:

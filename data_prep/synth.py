@@ -4,7 +4,8 @@ Images: one big, filled, high-contrast shape on a white background. The caption 
 function of the image, with almost no filler so each caption token carries image information:
 `"{size} {colour} {shape} {row} {column}"`, e.g. "large red circle top left" (3 sizes x 7
 colours x 5 shapes x 3x3 positions). Written as img2dataset-style webdataset tars
-(`KEY.jpg`, `KEY.txt`, `KEY.json`), plus a small JSONL text corpus.
+(`KEY.jpg`, `KEY.txt`, `KEY.json`), plus a small JSONL text corpus, plus (`task_synth`) held-out
+COCO-format captioning and VQA v2-format evaluation sets and finetuning task files.
 """
 
 from __future__ import annotations
@@ -188,8 +189,13 @@ def synth(
     num_val_docs: int = 200,
     seed: int = 0,
     per_tar: int = 1000,
+    num_eval_images: int = 64,
+    num_task_images: int = 256,
 ) -> dict:
-    """Write DIR/pairs/{train,val}-NNNNN.tar and DIR/text/{train,val}.jsonl; same seed, same bytes."""
+    """Write DIR/pairs/{train,val}-NNNNN.tar, DIR/text/{train,val}.jsonl, DIR/eval/ and DIR/tasks/
+    (see task_synth); same seed, same bytes."""
+    from data_prep.task_synth import write_eval_and_tasks
+
     problems = []
     if num_images < 1 or num_val_images < 0:
         problems.append("--num-images must be >= 1 and --num-val-images >= 0")
@@ -197,6 +203,8 @@ def synth(
         problems.append(f"--image-size {image_size}: must be at least 16")
     if per_tar < 1:
         problems.append(f"--per-tar {per_tar}: must be at least 1")
+    if num_eval_images < 0 or num_task_images < 0:
+        problems.append("--num-eval-images and --num-task-images must be >= 0")
     if problems:
         raise UserError(problems)
     t0 = time.perf_counter()
@@ -224,13 +232,21 @@ def synth(
     )
     write_text_corpus(text_dir / "train.jsonl", num_docs, random.Random(f"{seed}-text-train"))
     write_text_corpus(text_dir / "val.jsonl", num_val_docs, random.Random(f"{seed}-text-val"))
+    # After the pretraining data and from their own RNG streams: the files above are unchanged.
+    extra = write_eval_and_tasks(
+        output, image_size, seed, num_eval_images, num_task_images, pairs_tars=train + val
+    )
     log.info(
-        "synth: %d train + %d val images (%d px), %d + %d documents in %.1f s -> %s",
+        "synth: %d train + %d val images (%d px), %d + %d documents, %d + %d eval images, "
+        "%d task images in %.1f s -> %s",
         num_images,
         num_val_images,
         image_size,
         num_docs,
         num_val_docs,
+        num_eval_images,
+        num_eval_images,
+        num_task_images,
         time.perf_counter() - t0,
         output,
     )
@@ -238,4 +254,5 @@ def synth(
         "train_tars": [str(p) for p in train],
         "val_tars": [str(p) for p in val],
         "text": [str(text_dir / "train.jsonl"), str(text_dir / "val.jsonl")],
+        **extra,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from streaming.base.format import reader_from_json
 from streaming.base.hashing import get_hash
 
 from common.errors import UserError
-from data_prep.shard_meta import COLUMNS, INDEX_FILE, read_shard_meta
+from data_prep.shard_meta import COLUMNS, INDEX_FILE, read_shard_meta, split_images
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,84 @@ def shard_readers(directory: Path) -> Iterator[tuple[dict, object]]:
         yield info, reader_from_json(str(directory), None, info)
 
 
+def _check_jpeg(data, meta: dict) -> str | None:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # any decode failure is a corrupt sample
+        return f"image does not decode ({e})"
+    size = meta["image_size"]
+    if img.format != "JPEG" or img.mode != "RGB" or img.size != (size, size):
+        return f"image is {img.format} {img.mode} {img.size}, expected JPEG RGB ({size}, {size})"
+    return None
+
+
+def _id_list(ids, vocab: int) -> bool:
+    """A JSON list of token ids, all in [0, vocab) (may be empty)."""
+    return isinstance(ids, list) and all(isinstance(t, int) and 0 <= t < vocab for t in ids)
+
+
+def _bad_ids(ids, vocab: int, name: str) -> str | None:
+    if not isinstance(ids, np.ndarray) or ids.dtype != np.int32 or ids.ndim != 1:
+        return f"{name} must be a 1-D int32 array, got {getattr(ids, 'dtype', type(ids).__name__)}"
+    if len(ids) == 0:
+        return f"{name} is empty"
+    if ids.min() < 0 or ids.max() >= vocab:
+        return f"{name} outside [0, {vocab})"
+    return None
+
+
+def _check_task_sample(sample: dict, meta: dict) -> str | None:
+    vocab = meta["tokenizer"]["vocab_size"]
+    segments, images = sample["encoder_segments"], split_images(sample)
+    if not isinstance(segments, list) or not isinstance(images, list):
+        return "encoder_segments and images must be lists"
+    if not segments and not images:
+        return "no image and no encoder segment"
+    for i, seg in enumerate(segments):
+        if not seg or not _id_list(seg, vocab):
+            return f"encoder segment {i} is empty or holds ids outside [0, {vocab})"
+    if not _id_list(sample["decoder_prompt_ids"], vocab):
+        return f"decoder_prompt_ids must be a list of ids in [0, {vocab})"
+    err = _bad_ids(sample["target_ids"], vocab, "target_ids")
+    if err:
+        return err
+    if not sample["target"] or not sample["dataset"] or not sample["key"] or sample["template_id"] < 0:
+        return "empty target, dataset or key, or a negative template_id"
+    answers, choices = sample["answers"], sample["choices"]
+    if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+        return "answers must be a non-empty list of strings"
+    if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+        return "choices must be a list of strings"
+    label = sample["label"]
+    if label < -1 or (choices and label >= len(choices)):
+        return f"label {label} is neither -1 nor an index into the {len(choices)} choices"
+    if images and "image_size" not in meta:
+        return "sample has images but stats.json records no image_size"
+    for j, data in enumerate(images):
+        err = _check_jpeg(data, meta) if isinstance(data, bytes) else "not bytes"
+        if err:
+            return f"image {j}: {err}"
+    return None
+
+
+def sample_tokens(kind: str, sample: dict) -> int:
+    """Token ids a sample holds (what stats.json `tokens` counts)."""
+    if kind == "pairs":
+        return len(sample["caption_ids"])
+    if kind == "tasks":
+        return (
+            sum(len(s) for s in sample["encoder_segments"])
+            + len(sample["decoder_prompt_ids"])
+            + len(sample["target_ids"])
+        )
+    return len(sample["tokens"])
+
+
 def _check_sample(kind: str, sample: dict, meta: dict) -> str | None:
     vocab = meta["tokenizer"]["vocab_size"]
+    if kind == "tasks":
+        return _check_task_sample(sample, meta)
     if kind == "pairs":
         ids = sample["caption_ids"]
         if ids.dtype != np.int32 or ids.ndim != 1 or len(ids) == 0:
@@ -39,15 +116,7 @@ def _check_sample(kind: str, sample: dict, meta: dict) -> str | None:
             return f"caption_ids outside [0, {vocab})"
         if not sample["caption"]:
             return "empty caption"
-        try:
-            img = Image.open(io.BytesIO(sample["image"]))
-            img.load()
-        except Exception as e:  # any decode failure is a corrupt sample
-            return f"image does not decode ({e})"
-        size = meta["image_size"]
-        if img.format != "JPEG" or img.mode != "RGB" or img.size != (size, size):
-            return f"image is {img.format} {img.mode} {img.size}, expected JPEG RGB ({size}, {size})"
-        return None
+        return _check_jpeg(sample["image"], meta)
     tokens, starts = sample["tokens"], sample["doc_starts"]
     seq_len = meta["seq_len"]
     if tokens.dtype != np.int32 or tokens.shape != (seq_len,):
@@ -78,6 +147,7 @@ def verify_shards(directory: str | Path) -> tuple[list[str], dict]:
         return [f"{d / INDEX_FILE}: unreadable MDS index ({e})"], {}
     want = COLUMNS[kind]
     samples = tokens = 0
+    per_dataset: Counter = Counter()
     for info in shards:
         name = (info.get("raw_data") or {}).get("basename", "?")
         where = f"{d}/{name}"
@@ -114,7 +184,9 @@ def verify_shards(directory: str | Path) -> tuple[list[str], dict]:
                     if n_bad <= 3:
                         problems.append(f"{where}: sample {i}: {err}")
                 samples += 1
-                tokens += len(sample["caption_ids"] if kind == "pairs" else sample["tokens"])
+                tokens += sample_tokens(kind, sample)
+                if kind == "tasks":
+                    per_dataset[sample["dataset"]] += 1
             if n_bad > 3:
                 problems.append(f"{where}: {n_bad} bad samples in all")
         except Exception as e:  # a structurally broken shard (offsets, encodings)
@@ -123,6 +195,12 @@ def verify_shards(directory: str | Path) -> tuple[list[str], dict]:
         problems.append(f"{d}: shards hold {samples} samples, stats.json says {meta.get('samples')}")
     if tokens != meta.get("tokens"):
         problems.append(f"{d}: shards hold {tokens} tokens, stats.json says {meta.get('tokens')}")
+    if kind == "tasks":
+        recorded = {k: v.get("samples") for k, v in (meta.get("datasets") or {}).items() if v.get("samples")}
+        if dict(per_dataset) != recorded:
+            problems.append(
+                f"{d}: shards hold {dict(per_dataset)} samples per dataset, stats.json says {recorded}"
+            )
     summary = {"dir": str(d), "kind": kind, "shards": len(shards), "samples": samples, "tokens": tokens}
     return problems, summary
 

@@ -42,6 +42,7 @@ class Topology:
     tp_group: Any  # torch.distributed ProcessGroup of this rank's TP group (None only when not initialized)
     dp_group: Any  # torch.distributed ProcessGroup of this rank's DP group (None only when not initialized)
     device: torch.device  # device of this rank's model (cuda:local_rank or cpu)
+    world_group: Any = None  # process group of all ranks (checkpoint collectives); None = dist.group.WORLD
 
     @property
     def is_main(self) -> bool:
@@ -108,7 +109,9 @@ def init_distributed(cfg: ParallelConfig) -> Topology:
                 **({"device_id": device} if backend == "nccl" else {}),
             )
         elif world == 1:
-            # a world of one needs no rendezvous: an in-memory store
+            # a world of one started by plain `python` (no launcher): what a launcher would have said,
+            # as DeepSpeed asserts LOCAL_RANK; an in-memory store instead of a rendezvous
+            os.environ.setdefault("LOCAL_RANK", "0")
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         else:
             raise UserError(
@@ -144,6 +147,7 @@ def init_distributed(cfg: ParallelConfig) -> Topology:
         tp_group=parallel_state.get_tensor_model_parallel_group(),
         dp_group=parallel_state.get_data_parallel_group(),
         device=device,
+        world_group=dist.group.WORLD,
     )
     seed_rng_streams(cfg.seed, tp_rank=topo.tp_rank, dp_rank=topo.dp_rank)
     log.info("distributed initialized: %s backend=%s device=%s", topo.describe(), backend, device)

@@ -32,13 +32,15 @@ from pathlib import Path
 
 from common import exit_codes
 from common.errors import UserError
+from training.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
 
 def checkpoint_config_path(ckpt_dir: Path) -> Path:
     """The resolved config saved with a checkpoint (falls back to the run folder's)."""
-    for p in (ckpt_dir / "config.yaml", ckpt_dir.parent.parent / "config.yaml"):
+    run = RunDir(ckpt_dir.parent.parent)  # RUN_DIR/checkpoints/step_*
+    for p in (ckpt_dir / run.config_yaml.name, run.config_yaml):
         if p.is_file():
             return p
     raise UserError(

@@ -9,6 +9,7 @@ Layout (README "Fault tolerance" and "Running on a cluster" describe the content
     RUN_DIR/mlflow_run.json          tracking URI, experiment, run id  learning_check.json, eval/...
     RUN_DIR/checkpoints/step_NNNNNNNN/   checkpoints/latest   checkpoints/.universal/ (DP re-layout)
     RUN_DIR/logs/<name>_rank<r>.log  per-rank logs; logs/slurm-<job>.out, logs/sbatch-*.sh, logs/<launcher>-*/
+                                     and logs/slurm-<job>/restart-<n>/ (LaunchLogs: exit/, ranks/, ...)
     RUN_DIR/hangs/rank<r>.txt        watchdog stack dumps
     RUN_DIR/../mlflow.db, ../mlartifacts   the default local MLflow store, shared by the runs of a folder
 """
@@ -95,6 +96,14 @@ class RunDir:
     def slurm_rank_logs(self, job_id: str) -> Path:
         return self.logs / f"slurm-{job_id}"
 
+    def launch(self, tag: str, stamp: str | None = None) -> LaunchLogs:
+        """The files of one launch: in `launcher_logs(tag)`, or in logs/<tag>-<stamp> when given a stamp."""
+        return LaunchLogs(self.launcher_logs(tag) if stamp is None else self.logs / f"{tag}-{stamp}")
+
+    def slurm_restart_logs(self, job_id: str, restart: int | str) -> LaunchLogs:
+        """The files of one start of a SLURM job (restart 0, then one more per requeue)."""
+        return LaunchLogs(self.slurm_rank_logs(job_id) / f"restart-{restart}")
+
     @property
     def hangs(self) -> Path:
         return self.root / "hangs"
@@ -110,3 +119,33 @@ class RunDir:
 
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{self.mlflow_db}"
+
+
+@dataclass(frozen=True)
+class LaunchLogs:
+    """One launch's folder under RUN_DIR/logs/ (RunDir.launch, RunDir.slurm_restart_logs)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def exit(self) -> Path:
+        """rank-<r>.exit: each rank's exit code (cluster/worker.py writes them to $METALM_EXIT_DIR)."""
+        return self.root / "exit"
+
+    @property
+    def ranks(self) -> Path:
+        """torchrun's --log-dir: each rank's stdout/stderr."""
+        return self.root / "ranks"
+
+    @property
+    def deepspeed_env(self) -> Path:
+        """DS_ENV_FILE: the variables the deepspeed launcher passes on to remote ranks."""
+        return self.root / "deepspeed_env"
+
+    @property
+    def hostfile(self) -> Path:
+        """The deepspeed hostfile a SLURM job writes for its allocation."""
+        return self.root / "hostfile"

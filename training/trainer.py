@@ -80,7 +80,7 @@ class Trainer:
             if cfg.data.val and cfg.eval.batches > 0
             else None
         )
-        self.ckpt = CheckpointManager(cfg.checkpoint, self.run_dir.root, topology)
+        self.ckpt = CheckpointManager(cfg.checkpoint, self.run_dir, topology)
         self.tracker = Tracker(
             cfg.tracking,
             cfg.tracking_uri(),
@@ -381,6 +381,8 @@ class Trainer:
                 "tracking_uri": self.tracker.uri,
                 "experiment": self.cfg.tracking.experiment,
                 "run_id": run_id,
+                "precision": self.cfg.train.precision,
+                "precision_reason": self.precision.reason,
             }
             self.run_dir.mlflow_run.write_text(json.dumps(info, indent=1) + "\n")
         if run_id and resumed_id != run_id:

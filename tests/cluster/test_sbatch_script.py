@@ -19,12 +19,13 @@ import pytest
 from cluster.commands import TrainingJob
 from cluster.sbatch import SbatchOptions, check_syntax, render_sbatch
 from common.errors import UserError
+from training.run_dir import RunDir
 
 JOB = TrainingJob("configs/debug.yaml", ["train.steps=10", 'tracking.run_name=it\'s a "run" $HOME'])
 
 
 def _render(tmp_path: Path, **kw) -> tuple[str, Path]:
-    text = render_sbatch(SbatchOptions(**kw), JOB, tmp_path / "run", tmp_path, "/opt/venv/bin/python")
+    text = render_sbatch(SbatchOptions(**kw), JOB, RunDir(tmp_path / "run"), tmp_path, "/opt/venv/bin/python")
     path = tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.sh"
     path.write_text(text)
     return text, path
@@ -186,7 +187,8 @@ def test_script_success_runs_torchrun_on_the_head_node(tmp_path, fake_slurm):
     assert "-m cluster.worker training --config configs/debug.yaml" in args
     assert "requeue" not in _calls(tmp_path)
     assert "rank exit codes: 0 x2" in out
-    assert (tmp_path / "run" / "logs" / "slurm-4242" / "restart-0" / "exit" / "rank-0.exit").exists()
+    # the script's own paths follow RunDir's layout
+    assert (RunDir(tmp_path / "run").slurm_restart_logs("4242", 0).exit / "rank-0.exit").exists()
 
 
 def test_script_rdzv_host_override(tmp_path, fake_slurm):

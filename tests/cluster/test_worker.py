@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import job_exit_code
+from cluster.supervisor import job_exit_code
 from cluster.worker import fill_rank_env_from_slurm, read_exit_codes
 from tests.paths import REPO
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from common.streaming_compat import ensure_streaming_importable
+from data_prep.shard_meta import split_images
 from training.data import finetune, semicausal
 from training.data.batch import Batch
 
@@ -118,7 +119,7 @@ def sample_to_row(sample: dict, sample_id: int, epoch: int, spec: RowSpec) -> se
         )
     if "target_ids" in sample:
         return finetune.task_row(
-            [decode_image(jpeg, spec) for jpeg in task_images(sample)],
+            [decode_image(jpeg, spec) for jpeg in split_images(sample)],
             sample["encoder_segments"],
             list(sample["decoder_prompt_ids"]),
             list(sample["target_ids"]),
@@ -129,18 +130,6 @@ def sample_to_row(sample: dict, sample_id: int, epoch: int, spec: RowSpec) -> se
     raise ValueError(
         f"shard sample {sample_id} has none of 'tokens', 'caption_ids', 'target_ids' (columns: {sorted(sample)})"
     )
-
-
-def task_images(sample: dict) -> list[bytes]:
-    """The JPEG files of a task example: `images` holds them back to back, `image_sizes` their lengths."""
-    data, sizes = sample.get("images", b""), sample.get("image_sizes") or []
-    if isinstance(data, list):  # a list column (older task shards)
-        return list(data)
-    out, start = [], 0
-    for n in sizes:
-        out.append(bytes(data[start : start + n]))
-        start += n
-    return out
 
 
 class SemiCausalDataset(StreamingDataset):
