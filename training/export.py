@@ -96,6 +96,8 @@ def _rank_main(rank: int, tp: int, port: int, ckpt_dir: str, cfg_path: str, outp
                     "vocab_size": str(cfg.model.vocab_size),
                     "saved_tp": str(tp),
                     "dtype": str(next(iter(full.values())).dtype),
+                    "tokenizer_sha256": str(state.get("tokenizer_sha256") or ""),
+                    "mlflow_run_id": str(state.get("mlflow_run_id") or ""),
                 }
                 save_file({k: v.contiguous() for k, v in full.items()}, str(tmp), metadata=meta)
                 os.replace(tmp, out)

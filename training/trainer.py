@@ -372,6 +372,18 @@ class Trainer:
             "run_dir": str(self.run_dir.root.resolve()),
             "config_hash": self.cfg.hash(),
         }
+        if self.cfg.checkpoint.load_weights_from:  # a finetuning stage records the model it started from
+            from training.checkpoint.exported_weights import describe_source
+
+            parent = describe_source(self.cfg.checkpoint.load_weights_from)
+            tags.update(
+                {
+                    "parent_model": str(Path(self.cfg.checkpoint.load_weights_from).resolve()),
+                    "parent_kind": parent["kind"],
+                    "parent_step": str(parent.get("step")),
+                    "parent_run_id": parent.get("mlflow_run_id") or "",
+                }
+            )
         resumed_id = self.tracker.run_id
         self.tracker.run_id = None
         params = {**config_io.flatten(self.cfg.to_dict()), **self.precision.mlflow_params()}

@@ -105,6 +105,7 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
             f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}, "
             f"{d.tokenizer}); set model.vocab_size=auto"
         )
+    p += starting_model_problems(cfg, tok)
     for name, streams in (("train", d.train), ("val", d.val)):
         for i, s in enumerate(streams):
             where = f"data.{name}.{i}.path={s.path!r}"
@@ -131,7 +132,56 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
                     f"model.max_seq_len={m.max_seq_len} cannot hold an image ({m.image_slots} slots) and a caption"
                 )
             elif kind not in ("pairs", "text", "tasks"):
-                p.append(
-                    f"{where}: stats.json kind={kind!r} is not one training reads (pairs, text, tasks)"
-                )
+                p.append(f"{where}: stats.json kind={kind!r} is not one training reads (pairs, text, tasks)")
+    return p
+
+
+# model fields a starting model must share with the run (dropout, freezing, image size may change)
+SHAPE_FIELDS = {
+    "decoder": ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "norm_scheme"),
+    "text_encoder": ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "max_len"),
+    "vision_encoder": ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "patch_size"),
+    "connector": ("kind", "num_latents", "resampler_layers", "resampler_heads"),
+}
+
+
+def starting_model_problems(cfg: TrainingConfig, tok) -> list[str]:
+    """`checkpoint.load_weights_from`: it exists, and its tokenizer, vocabulary and model shapes are the
+    run's (a finetuning stage may change dropout, freezing and the image resolution, not the shapes)."""
+    src = cfg.checkpoint.load_weights_from
+    if not src:
+        return []
+    from training.checkpoint.exported_weights import describe_source
+
+    key = f"checkpoint.load_weights_from={src!r}"
+    try:
+        info = describe_source(src)
+    except UserError as e:
+        return [str(e)]
+    p: list[str] = []
+    if tok is not None and info.get("tokenizer_sha256") and info["tokenizer_sha256"] != tok.sha256:
+        p.append(
+            f"{key} was trained with another tokenizer (sha256 {info['tokenizer_sha256'][:12]}... vs "
+            f"{tok.sha256[:12]}... of data.tokenizer={cfg.data.tokenizer!r}); use the starting model's tokenizer "
+            "(an export has it in tokenizer/ beside the file) and shards built with it"
+        )
+    if info.get("vocab_size") not in (None, cfg.model.vocab_size):
+        p.append(
+            f"{key} has vocab_size {info['vocab_size']}, this run's model.vocab_size is {cfg.model.vocab_size}"
+        )
+    if info.get("config"):
+        from training.config.schema import load_config
+
+        try:
+            theirs = load_config(info["config"]).model
+        except UserError as e:
+            return p + [f"{key}: its config {info['config']} does not load ({e})"]
+        for section, names in SHAPE_FIELDS.items():
+            for name in names:
+                a, b = getattr(getattr(theirs, section), name), getattr(getattr(cfg.model, section), name)
+                if a != b:
+                    p.append(
+                        f"{key} has model.{section}.{name}={a!r} but this run sets {b!r}: a starting model's "
+                        "shapes cannot change (set it back, or train from scratch)"
+                    )
     return p

@@ -128,3 +128,31 @@ def test_damaged_checkpoint_is_not_exported(exported, tmp_path):
         export_checkpoint(bad, tmp_path / "x.safetensors")
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["parallel"]["tp"] == 2
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_checkpoint_folder_starts_a_run_at_another_tp(exported, tp):
+    """A finetuning stage starts from a pretraining checkpoint folder directly (weights only)."""
+    from training.checkpoint.exported_weights import describe_source
+
+    loss, ckpt, _, _ = exported
+    info = describe_source(ckpt)
+    assert (info["kind"], info["step"], info["saved_tp"]) == ("checkpoint", 2, 2)
+    before, after = run_ranks(tp, _reload, tp, str(ckpt))[0]
+    assert abs(before - loss) > 1e-3
+    assert after == pytest.approx(loss, abs=1e-5)
+
+
+def test_bad_starting_sources_are_named(exported, tmp_path):
+    from training.checkpoint.exported_weights import describe_source
+
+    _, ckpt, out, _ = exported
+    assert describe_source(out)["kind"] == "export"
+    with pytest.raises(UserError, match="no such file"):
+        describe_source(tmp_path / "nope.safetensors")
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(UserError, match="not a committed checkpoint"):
+        describe_source(tmp_path / "partial")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        describe_source(tmp_path / "junk.safetensors")
