@@ -45,7 +45,7 @@ def _show_tasks(shown: list[dict], tok: Tokenizer | None, out_dir: Path | None) 
     for n, s in enumerate(shown):
         lines.append(
             f"    [{n}] key={s['key']} dataset={s['dataset']} template={s['template_id']} "
-            f"images={len(s['images'])} label={s['label']} choices={s['choices']}"
+            f"images={len(s['image_sizes'])} label={s['label']} choices={s['choices']}"
         )
         for j, seg in enumerate(s["encoder_segments"]):
             lines.append(f"        encoder[{j}]: {text(seg)}")
