@@ -74,17 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "tokenizer",
-        help="train a sentencepiece tokenizer with the fixed special ids",
+        help="train a sentencepiece tokenizer, or import a docked encoder's vocabulary (--import-hf)",
         description="Train a sentencepiece model from text files (.txt, .jsonl `text` field, "
         ".jsonl.zst) and/or the captions of pair sources (tars or folders of them, COCO JSON, "
-        "CSV manifests). Writes DIR/tokenizer.model + DIR/tokenizer.json. Special ids: <pad>=0 "
-        "<s>=1 </s>=2 <unk>=3 <image>=4 </image>=5 </d>=6.",
-        epilog="example: python -m data_prep tokenizer --input corpus.jsonl.zst pairs/ "
-        "--vocab-size 64000 --output tok/",
+        "CSV manifests): writes DIR/tokenizer.model + DIR/tokenizer.json. Or, with --import-hf, adopt "
+        "the vocabulary of the pretrained language encoder (Hugging Face BERT/ELECTRA vocab.txt or "
+        "RoBERTa vocab.json + merges.txt) so decoder tokens and encoder spans share it; tokenizer.json "
+        "then maps each project id to its source embedding row (source_vocab.project_to_source). "
+        "Special ids: <pad>=0 <s>=1 </s>=2 <unk>=3 <image>=4 </image>=5 </d>=6. Shards built with "
+        "another tokenizer must be rebuilt.",
+        epilog="examples:\n  python -m data_prep tokenizer --input corpus.jsonl.zst pairs/ "
+        "--vocab-size 64000 --output tok/\n"
+        "  python -m data_prep tokenizer --import-hf checkpoints/electra-large --output tok/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--input", nargs="+", required=True, help="text files and/or pair sources")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="text files and/or pair sources to train on")
+    source.add_argument(
+        "--import-hf",
+        metavar="DIR",
+        help="Hugging Face tokenizer folder (vocab.txt, or vocab.json + merges.txt; optional "
+        "tokenizer_config.json) whose vocabulary becomes the project's",
+    )
     p.add_argument(
-        "--vocab-size", type=int, required=True, help="vocabulary size (a small corpus may give fewer)"
+        "--vocab-size",
+        type=int,
+        help="with --input: vocabulary size (a small corpus may give fewer)",
     )
     p.add_argument("--output", required=True, help="tokenizer folder")
     p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="default unigram")
@@ -329,8 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "tokenizer":
-        from data_prep.tokenizer import build_tokenizer
+        from data_prep.tokenizer import build_tokenizer, import_hf_tokenizer
 
+        if args.import_hf is not None:
+            if args.vocab_size is not None:
+                raise UserError("--vocab-size: not used with --import-hf (the vocabulary is the encoder's)")
+            import_hf_tokenizer(Path(args.import_hf), Path(args.output), args.force)
+            return exit_codes.OK
+        if args.vocab_size is None:
+            raise UserError(
+                "--vocab-size: required with --input (or import a vocabulary with --import-hf DIR)"
+            )
         build_tokenizer(
             _paths(args.input),
             Path(args.output),

@@ -159,7 +159,7 @@ def inspect_shards(
     )
 
     def piece(i: int) -> str:
-        return tok.sp.id_to_piece(i) if tok else str(i)
+        return tok.id_to_piece(i) if tok else str(i)
 
     top_ids = [int(i) for i in np.argsort(-counts, kind="stable")[:15] if counts[i] > 0]
     top = ", ".join(f"{piece(i)!r}:{counts[i]}" for i in top_ids)

@@ -247,7 +247,10 @@ def process_chunk(chunk: list[PendingExample]) -> list[tuple[dict | None, str | 
             images.append(cache[path])
         out.append((ex, images, reason))
         if reason is None:
-            texts.extend([*ex.encoder, ex.decoder, ex.target])
+            # byte-level BPE (RoBERTa vocabularies) marks a word start with its leading space: the target
+            # continues the prompt's text, so it is encoded as " target" (sentencepiece/WordPiece add it)
+            target = " " + ex.target if tok.model_type == "bpe-bytelevel" and ex.decoder else ex.target
+            texts.extend([*ex.encoder, ex.decoder, target])
     ids = iter(tok.encode_batch(texts))
     results = []
     for ex, images, reason in out:

@@ -1,9 +1,29 @@
-"""The sentencepiece tokenizer: training with fixed special ids, and loading with checks.
+"""The project tokenizer: a trained sentencepiece model, or a docked encoder's imported vocabulary.
 
-A tokenizer dir holds `tokenizer.model` (sentencepiece) and `tokenizer.json`:
-`{"vocab_size", "sha256" (of tokenizer.model), "special_tokens" {piece: id}, "model_type"}`.
-Special ids are those of `common/special_tokens.py`: pad/bos/eos/unk via sentencepiece's own id
-options, `<image>` `</image>` `</d>` as user-defined symbols at ids 4, 5, 6.
+Two ways to make one (`python -m data_prep tokenizer`):
+- `--input FILE... --vocab-size N`: train sentencepiece (unigram or BPE). The dir holds
+  `tokenizer.model` and `tokenizer.json` {"vocab_size", "sha256" (of tokenizer.model),
+  "special_tokens" {piece: id}, "model_type" (unigram|bpe)}. pad/bos/eos/unk use sentencepiece's own
+  id options, `<image>` `</image>` `</d>` are user-defined symbols at ids 4, 5, 6.
+- `--import-hf DIR`: adopt the vocabulary of the pretrained language encoder that MetaLM docks
+  (BERT / ELECTRA WordPiece `vocab.txt`, RoBERTa byte-level BPE `vocab.json` + `merges.txt`). The
+  encoder's word embeddings only make sense for its own vocabulary, so decoder tokens and encoder
+  spans share it: one tokenizer for the whole model. The dir holds copies of those files and
+  `tokenizer.json` with model_type `wordpiece` | `bpe-bytelevel`, `sha256` (of the files and the
+  options that define the tokenization) and `source_vocab` {"kind": "hf-wordpiece" | "hf-bpe",
+  "path", "project_to_source": the source embedding row of each project id, -1 for a token the
+  source lacks (the encoder-weight loader permutes embedding rows with it), ...}. The special tokens
+  keep ids 0-6; the source's [PAD]/[CLS]/[SEP]/[UNK] (<pad> <s> </s> <unk>) become them. Encoding and
+  decoding reimplement transformers' BertTokenizer / RobertaTokenizer without `transformers` or
+  `tokenizers` (data_prep/wordpiece.py, data_prep/bytelevel_bpe.py, data_prep/hf_vocab.py, which
+  document the small, deliberate differences).
+
+Consequences of the choice: a decoder trained with one tokenizer cannot be combined with an encoder
+(or checkpoint) of another; shards record the tokenizer sha256, and training refuses shards built with
+another tokenizer, so shards built before an import must be rebuilt.
+
+Either kind, `Tokenizer` offers encode / encode_batch / decode / vocab_size / summary / sha256 /
+id_to_piece. Replacing a dir's tokenizer by a different one needs --force; an identical one is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -19,6 +40,7 @@ import sentencepiece as spm
 
 from common import special_tokens as st
 from common.errors import UserError
+from data_prep import hf_vocab
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +51,45 @@ MAX_SENTENCE_CHARS = 4000  # sentencepiece drops longer sentences; longer lines 
 
 
 class Tokenizer:
-    """A loaded, checked tokenizer. `.sp` is the SentencePieceProcessor."""
+    """A loaded, checked tokenizer: `.sp` (SentencePieceProcessor) or `.hf` (an imported vocabulary)."""
 
     def __init__(
-        self, sp: spm.SentencePieceProcessor, sha256: str, model_type: str, path: Path | None = None
+        self,
+        sp: spm.SentencePieceProcessor | None,
+        sha256: str,
+        model_type: str,
+        path: Path | None = None,
+        hf: hf_vocab.HfVocabTokenizer | None = None,
+        source_vocab: dict | None = None,
     ):
         self.sp = sp
+        self.hf = hf
         self.sha256 = sha256
         self.model_type = model_type
         self.path = path
+        self.source_vocab = source_vocab  # tokenizer.json's source_vocab (imported kinds), else None
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return self.sp.get_piece_size() if self.hf is None else self.hf.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
+        if self.hf is None:
+            return self.sp.encode(text)
+        return self.hf.encode(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts, num_threads=1)  # parallelism comes from --workers processes
+        if self.hf is None:
+            return self.sp.encode(texts, num_threads=1)  # parallelism comes from --workers processes
+        return [self.hf.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        if self.hf is None:
+            return self.sp.decode([int(i) for i in ids])
+        return self.hf.decode(ids)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i)) if self.hf is None else self.hf.id_to_piece(int(i))
 
     def summary(self) -> dict:
         """What shard stats record to tie shards to this tokenizer."""
@@ -70,20 +109,34 @@ def _check_special_ids(sp: spm.SentencePieceProcessor) -> list[str]:
     return problems
 
 
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Load `directory/tokenizer.model` + `tokenizer.json`; UserError naming the dir if missing/corrupt."""
-    d = Path(directory)
-    fix = f"build it with `python -m data_prep tokenizer --input ... --output {d}`"
-    model_path, meta_path = d / MODEL_FILE, d / META_FILE
-    if not model_path.is_file() or not meta_path.is_file():
-        raise UserError(f"tokenizer dir {d}: missing {MODEL_FILE} or {META_FILE}; {fix}")
-    data = model_path.read_bytes()
+def _read_meta(meta_path: Path, d: Path, fix: str) -> dict:
     try:
         meta = json.loads(meta_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"tokenizer dir {d}: {META_FILE} is not valid JSON ({e}); {fix}") from e
+    return meta if isinstance(meta, dict) else {}
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Load the tokenizer in `directory` (either kind); UserError naming the dir if missing/corrupt."""
+    d = Path(directory)
+    fix = f"build it with `python -m data_prep tokenizer --input ... --output {d}`"
+    model_path, meta_path = d / MODEL_FILE, d / META_FILE
+    meta = _read_meta(meta_path, d, fix) if meta_path.is_file() else None
+    if meta is not None and meta.get("model_type") in hf_vocab.KIND_OF_MODEL_TYPE:
+        src = meta.get("source_vocab")
+        origin = src.get("path") if isinstance(src, dict) else None
+        fix = f"re-import it with `python -m data_prep tokenizer --import-hf {origin or 'DIR'} --output {d} --force`"
+        hf, sha = hf_vocab.load(d, meta, fix)
+        return Tokenizer(None, sha, meta["model_type"], d, hf=hf, source_vocab=src)
+    if not model_path.is_file() or meta is None:
+        hint = ""
+        if meta is not None and "model" in meta and "sha256" not in meta:
+            hint = " (its tokenizer.json is a Hugging Face one: import that folder with --import-hf)"
+        raise UserError(f"tokenizer dir {d}: missing {MODEL_FILE} or {META_FILE}{hint}; {fix}")
+    data = model_path.read_bytes()
     sha = _sha256(data)
-    if not isinstance(meta, dict) or meta.get("sha256") != sha:
+    if meta.get("sha256") != sha:
         raise UserError(
             f"tokenizer dir {d}: {MODEL_FILE} does not match the sha256 in {META_FILE} "
             f"(the model file was replaced or corrupted); {fix}"
@@ -99,6 +152,43 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             [f"tokenizer dir {d}: {p}; retrain it with `python -m data_prep tokenizer`" for p in problems]
         )
     return Tokenizer(sp, sha, meta.get("model_type", "unknown"), d)
+
+
+def _existing_tokenizer(out: Path) -> tuple[str | None, str | None]:
+    """(sha256, model_type) of the tokenizer already in `out`, (None, None) if there is none."""
+    meta_path = out / META_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if isinstance(meta, dict) and isinstance(meta.get("sha256"), str):
+            return meta["sha256"], meta.get("model_type")
+    if (out / MODEL_FILE).is_file():
+        return _sha256((out / MODEL_FILE).read_bytes()), None
+    return None, None
+
+
+def _refuse_different(out: Path, sha: str, force: bool) -> str | None:
+    """The existing tokenizer's model_type; UserError if `out` holds a different one and not `force`."""
+    old_sha, old_type = _existing_tokenizer(out)
+    if old_sha is not None and old_sha != sha and not force:
+        raise UserError(
+            f"tokenizer dir {out}: holds a different tokenizer (sha256 {old_sha[:12]}..., new "
+            f"{sha[:12]}...); shards built with it would no longer match. Pass --force to replace it"
+        )
+    return old_type
+
+
+def _write_files(out: Path, files: dict[str, bytes], stale: Iterable[str] = ()) -> None:
+    """Write each file atomically (tokenizer.json last: it names what the others must be)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    for name, data in sorted(files.items(), key=lambda kv: kv[0] == META_FILE):
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        tmp.write_bytes(data)
+        os.replace(tmp, out / name)
 
 
 def _sentences(texts: Iterable[str]) -> Iterator[str]:
@@ -181,14 +271,7 @@ def write_tokenizer(
     """Write `model` into `output`; refuses to replace a *different* tokenizer unless `force`."""
     out = Path(output)
     sha = _sha256(model)
-    existing = out / MODEL_FILE
-    if existing.is_file():
-        old_sha = _sha256(existing.read_bytes())
-        if old_sha != sha and not force:
-            raise UserError(
-                f"tokenizer dir {out}: holds a different tokenizer (sha256 {old_sha[:12]}..., new "
-                f"{sha[:12]}...); shards built with it would no longer match. Pass --force to replace it"
-            )
+    old_type = _refuse_different(out, sha, force)
     sp = spm.SentencePieceProcessor()
     sp.load_from_serialized_proto(model)
     problems = _check_special_ids(sp)
@@ -201,11 +284,12 @@ def write_tokenizer(
         "model_type": model_type,
         **(extra or {}),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in ((MODEL_FILE, model), (META_FILE, (json.dumps(meta, indent=2) + "\n").encode())):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, out / name)
+    stale = (
+        hf_vocab.FILES[hf_vocab.KIND_OF_MODEL_TYPE[old_type]]
+        if old_type in hf_vocab.KIND_OF_MODEL_TYPE
+        else ()
+    )
+    _write_files(out, {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}, stale)
     return Tokenizer(sp, sha, model_type, out)
 
 
@@ -292,6 +376,64 @@ def build_tokenizer(
         model_type,
         tok.vocab_size,
         tok.sha256[:12],
+        output,
+    )
+    return tok
+
+
+def _meta_json(meta: dict) -> bytes:
+    """tokenizer.json text: indented, with the long project_to_source list on one line."""
+    src = meta["source_vocab"]
+    placeholder = "@@PROJECT_TO_SOURCE@@"
+    text = json.dumps({**meta, "source_vocab": {**src, "project_to_source": placeholder}}, indent=2)
+    ids = json.dumps(src["project_to_source"], separators=(",", ":"))
+    return (text.replace(json.dumps(placeholder), ids, 1) + "\n").encode()
+
+
+def import_hf_tokenizer(source: Path, output: Path, force: bool = False) -> Tokenizer:
+    """`python -m data_prep tokenizer --import-hf DIR`: adopt a Hugging Face encoder's vocabulary.
+
+    Re-importing the same files and options into `output` changes nothing; a different tokenizer
+    there needs `force`."""
+    source, output = Path(source), Path(output)
+    if output.resolve() == source.resolve():
+        raise UserError(
+            f"--output {output} is the --import-hf folder itself; write the project tokenizer to another folder"
+        )
+    vocab = hf_vocab.read_source(source)
+    sha = vocab.sha256()
+    src_meta = hf_vocab.source_vocab_meta(vocab, source)
+    meta = {
+        "vocab_size": len(src_meta["project_to_source"]),
+        "sha256": sha,
+        "special_tokens": dict(st.SPECIAL_TOKENS),
+        "model_type": vocab.model_type,
+        "unicode_version": unicodedata.unidata_version,
+        "source_vocab": src_meta,
+    }
+    files = {**vocab.files, META_FILE: _meta_json(meta)}
+    old_type = _refuse_different(output, sha, force)
+    unchanged = all(
+        (output / name).is_file() and (output / name).read_bytes() == data for name, data in files.items()
+    )
+    if unchanged:
+        log.info("tokenizer dir %s already holds this tokenizer (sha256 %s...): unchanged", output, sha[:12])
+    else:
+        stale = [MODEL_FILE] if old_type not in hf_vocab.KIND_OF_MODEL_TYPE else []
+        stale += [name for kind in hf_vocab.FILES for name in hf_vocab.FILES[kind] if name not in vocab.files]
+        _write_files(output, files, stale)
+    tok = load_tokenizer(output)
+    mapped = sum(1 for r in src_meta["project_to_source"][: len(st.SPECIAL_TOKENS)] if r >= 0)
+    log.info(
+        "tokenizer: imported %s vocabulary of %s (%d pieces; %d of %d special tokens mapped, rest new), "
+        "vocab %d, sha256 %s... -> %s",
+        vocab.kind,
+        source,
+        len(vocab.entries),
+        mapped,
+        len(st.SPECIAL_TOKENS),
+        tok.vocab_size,
+        sha[:12],
         output,
     )
     return tok
