@@ -47,9 +47,12 @@ def build_engine(cfg: TrainingConfig, topology):
     from training.checkpoint.exported_weights import load_exported_weights
     from training.model.metalm import MetaLM
 
-    model = MetaLM(cfg.model, topology)
-    if cfg.checkpoint.load_weights_from:  # exported weights, any TP/DP; before DeepSpeed copies them
+    if cfg.checkpoint.load_weights_from:  # a trained model, any TP/DP; before DeepSpeed copies the weights
+        # every weight comes from it: the docked encoders' pretrained files are not read again
+        model = MetaLM(cfg.model.without_weight_files(), topology)
         load_exported_weights(model, cfg.checkpoint.load_weights_from, topology)
+    else:
+        model = MetaLM(cfg.model, topology)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     ds_config = deepspeed_config(cfg, topology.world_size)

@@ -69,7 +69,8 @@ def _rank_main(rank: int, tp: int, port: int, ckpt_dir: str, cfg_path: str, outp
         cfg = load_config(cfg_path)
         topo = init_distributed(ParallelConfig(tp=tp, backend="gloo", seed=cfg.parallel.seed))
         try:
-            model = MetaLM(cfg.model, topo).to("cpu")
+            # every weight comes from the checkpoint: no docked pretrained files are read
+            model = MetaLM(cfg.model.without_weight_files(), topo).to("cpu")
             d = Path(ckpt_dir)
             if _is_zero3(d):
                 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

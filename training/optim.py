@@ -1,4 +1,8 @@
-"""AdamW (fused on GPU when available) and the warmup + linear/cosine decay learning-rate schedule."""
+"""AdamW (fused on GPU when available) and the warmup + linear/cosine decay learning-rate schedule.
+
+Parameter groups: decay / no decay, per learning-rate multiplier of the model's components
+(`optim.lr_multipliers`); the schedule (a LambdaLR) multiplies each group's own initial lr, so every
+component follows the same warmup and decay at its own scale. Frozen parameters are in no group."""
 
 from __future__ import annotations
 
@@ -24,19 +28,37 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str, min_ra
     return min_ratio + (1.0 - min_ratio) * shape
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (not on biases, norms, 1-d parameters); frozen parameters left out."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float | None = None, multipliers=None
+) -> list[dict]:
+    """Weight decay on matrices only (not on biases, norms, 1-d parameters); frozen parameters left out.
+
+    multipliers (OptimConfig.lr_multipliers): a MetaLM component's parameters get lr x its multiplier (the
+    schedule scales every group alike). Components with equal multipliers share a group; groups at
+    multiplier 1.0 come first (so the first group's lr is the schedule's). Empty groups are dropped."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        mult = 1.0
+        if multipliers is not None:
+            from training.model.metalm import component_of
+
+            mult = float(getattr(multipliers, component_of(name)))
+        groups.setdefault((mult, p.dim() >= 2), []).append(p)
+    out = []
+    for mult, decay in sorted(groups, key=lambda k: (k[0] != 1.0, -k[0], not k[1])):
+        g = {"params": groups[(mult, decay)], "weight_decay": weight_decay if decay else 0.0}
+        if lr is not None:
+            g["lr"] = lr * mult
+        g["lr_multiplier"] = mult
+        out.append(g)
+    return out
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """cfg: OptimConfig. DeepSpeed FusedAdam (AdamW mode) on GPU when it builds, else torch AdamW."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, getattr(cfg, "lr_multipliers", None))
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if cfg.fused == "auto" and torch.cuda.is_available():
         try:
@@ -52,7 +74,8 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """cfg: OptimConfig. Stepped once per optimizer step (DeepSpeed does it at each accumulation boundary)."""
+    """cfg: OptimConfig. Stepped once per optimizer step (DeepSpeed does it at each accumulation boundary).
+    Each param group's lr is its initial lr (optim.lr x its component's multiplier) x lr_factor(step)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.decay, cfg.min_lr_ratio)
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.errors import UserError
@@ -17,8 +19,17 @@ def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = Tru
     p: list[str] = []
     t, tp = cfg.train, cfg.parallel.tp
     p += cfg.parallel.problems(world_size)
-    p += cfg.model.problems(tp, None)  # TP vs world size is reported once, by parallel.problems
+    # TP vs world size is reported once, by parallel.problems; docked weights on disk with the data checks
+    p += cfg.model.problems(tp, None, check_files=check_data)
+    p += cfg.model.frozen_random_problems(cfg.checkpoint.load_weights_from)
     p += cfg.checkpoint.problems()
+    p += cfg.profile.problems()
+    p += cfg.train.loss_spike.problems()
+    if t.straggler_interval < 0 or t.straggler_factor <= 1 or t.straggler_windows < 1:
+        p.append(
+            f"train.straggler_interval={t.straggler_interval} / straggler_factor={t.straggler_factor} / "
+            f"straggler_windows={t.straggler_windows}: need interval >= 0 (0 = off), factor > 1, windows >= 1"
+        )
     dp = cfg.dp_size(world_size)
     if t.steps < 1:
         p.append(f"train.steps={t.steps} must be >= 1")
@@ -51,6 +62,12 @@ def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = Tru
         p.append(f"optim.min_lr_ratio={o.min_lr_ratio} must be within [0, 1]")
     if o.warmup_steps < 0:
         p.append(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    for comp, mult in _fields(o.lr_multipliers):
+        if mult <= 0:
+            p.append(
+                f"optim.lr_multipliers.{comp}={mult} must be > 0: to keep a component fixed, freeze it "
+                "(model.freeze.* or the encoders' trainable_layers)"
+            )
     d = cfg.data
     if not 1 <= d.span_min_len <= d.span_max_len:
         p.append(f"data.span_min_len={d.span_min_len} / span_max_len={d.span_max_len}: need 1 <= min <= max")
@@ -71,6 +88,11 @@ def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = Tru
     if check_data:
         p += data_problems(cfg)
     return p
+
+
+def _fields(section) -> list[tuple[str, float]]:
+    """(name, value) of every field of a dataclass section."""
+    return [(f.name, getattr(section, f.name)) for f in dataclasses.fields(section)]
 
 
 def _proportion_problems(streams: list[StreamConfig]) -> list[str]:
@@ -100,6 +122,17 @@ def data_problems(cfg: TrainingConfig) -> list[str]:
         tok = run_tokenizer(d.tokenizer)
     except UserError as e:
         p.append(f"data.tokenizer: {e}")
+    vmap = m.text_encoder.vocab_map_from
+    if tok is not None and vmap and Path(vmap).resolve() != Path(d.tokenizer).resolve():
+        try:
+            other = run_tokenizer(vmap).sha256
+        except UserError:
+            other = None  # model.problems reports an unreadable map
+        if other is not None and other != tok.sha256:
+            p.append(
+                f"model.text_encoder.vocab_map_from={vmap!r} is another tokenizer than data.tokenizer="
+                f"{d.tokenizer!r}: the docked rows would follow other token ids; set it to {d.tokenizer!r}"
+            )
     if tok is not None and tok.vocab_size > m.vocab_size:
         p.append(
             f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}, "

@@ -26,6 +26,8 @@ from parallel.config import ParallelConfig
 from training.checkpoint import CheckpointConfig
 from training.config import loader as config_io
 from training.model.config import ModelConfig, build_model_config, model_config_from_preset
+from training.observability.config import ProfileConfig
+from training.resilience.loss_spike import LossSpikeConfig
 from training.run_dir import RunDir
 
 
@@ -55,6 +57,9 @@ class DataConfig:
     batching: Literal["random", "per_stream"] = (
         "random"  # streaming batching_method (per_stream: 1 stream/batch)
     )
+    # token budget per micro-batch: a stream's rows = max(1, this // its longest row's decoder positions, image
+    # slots included); every micro-batch holds one stream (0 = off: train.micro_batch_size rows for every stream)
+    micro_batch_tokens: int = 0
     pack: bool = False  # finetuning: pack several task examples per row; attention stays inside each example
     clean_stale_shm: bool = (
         True  # at start, free streaming shared memory of crashed jobs (off: jobs share a node)
@@ -68,6 +73,17 @@ class DataConfig:
 
 
 @dataclass
+class LrMultipliers:
+    """Per-component learning-rate multipliers: a component trains at optim.lr x its multiplier, following
+    the same warmup and decay (docked pretrained encoders often train slower than the decoder)."""
+
+    decoder: float = 1.0  # decoder layers and token embedding (= the tied output layer)
+    text_encoder: float = 1.0  # language encoder (its trainable layers)
+    vision_encoder: float = 1.0  # ViT (its trainable layers)
+    connectors: float = 1.0  # text and image connectors
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4  # peak learning rate (MetaLM VL pretraining: 1e-4)
     min_lr_ratio: float = 0.0  # final lr as a fraction of the peak
@@ -78,26 +94,53 @@ class OptimConfig:
     beta2: float = 0.98  # AdamW beta2 (paper: 0.98)
     eps: float = 1e-6  # AdamW epsilon
     grad_clip: float = 1.0  # global gradient-norm clipping (0 = off)
+    lr_multipliers: LrMultipliers = field(default_factory=LrMultipliers)  # lr scale per model component
     fused: Literal["auto", "never"] = (
-        "auto"  # auto: DeepSpeed FusedAdam on GPU when it loads, torch AdamW otherwise
+        "auto"  # auto: DeepSpeed FusedAdam on GPU when it loads, else torch AdamW's fused kernel (CPU too)
     )
+
+
+@dataclass
+class ZeroConfig:
+    """DeepSpeed ZeRO communication settings (its `zero_optimization` section); defaults for GPUs at ~1B."""
+
+    overlap_comm: bool = True  # overlap gradient reduction with the backward pass (extra bucket buffers)
+    contiguous_gradients: bool = True  # copy gradients into one buffer as they arrive (less fragmentation)
+    reduce_bucket_size: int = 500_000_000  # gradient elements reduced per collective
+    allgather_bucket_size: int = 500_000_000  # updated parameter elements all-gathered at once (ZeRO-1/2)
+    reduce_scatter: bool = True  # reduce-scatter gradients to their owners, not all-reduce (ZeRO-1/2)
+    stage3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameter elements fetched ahead of their use
+    stage3_param_persistence_threshold: int = 100_000  # ZeRO-3: smaller parameters stay whole on every rank
+    stage3_max_live_parameters: int = 1_000_000_000  # ZeRO-3: gathered parameter elements kept at most
+    stage3_max_reuse_distance: int = 1_000_000_000  # ZeRO-3: keep a parameter reused within this many
 
 
 @dataclass
 class TrainConfig:
     run_dir: str = "runs/default"  # run folder: config.yaml, checkpoints/, logs/, mlflow store default
     steps: int = 1000  # optimizer steps to train (total, including resumed ones)
-    global_batch_size: int = 8  # samples per optimizer step = micro_batch_size x grad accumulation x DP
+    # samples per optimizer step = micro_batch_size x grad accumulation x DP; with data.micro_batch_tokens it
+    # sets the accumulation only: a step is that many micro-batches per DP rank of <= micro_batch_tokens each
+    global_batch_size: int = 8
     micro_batch_size: int = 8  # samples per forward/backward on one rank
+    loss_weighting: Literal["micro_batch", "token"] = (
+        "micro_batch"  # micro_batch: each micro-batch's mean loss weighs the same; token: each loss token of the step does
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = (
         "auto"  # auto: bf16 on GPUs; on a CPU bf16 only where measured clearly faster (training/precision.py)
     )
     zero_stage: int = 1  # DeepSpeed ZeRO stage 1-3 (3 only with parallel.tp=1; 0 only with fp16)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)  # DeepSpeed ZeRO bucket / overlap settings
     fp16_initial_scale_power: int = 16  # fp16 dynamic loss scale starts at 2**this
     log_interval: int = 10  # steps between console progress lines and MLflow metric flushes
     peak_tflops: float = 0.0  # peak dense TFLOP/s of one device in the chosen precision, for MFU (0 = no MFU)
     watchdog_timeout_s: float = 0.0  # no completed step for this long -> dump stacks, exit 76 (0 = off)
     max_bad_steps: int = 5  # consecutive non-finite steps before rollback / stop
+    sync_timing: bool = False  # synchronize the accelerator at phase boundaries (exact time/* on GPUs)
+    straggler_interval: int = 50  # steps per window of per-rank figures (one small all-gather; 0 = off)
+    straggler_factor: float = 1.3  # a rank above this x the median (est. job slowdown) is slow in a window
+    straggler_windows: int = 3  # consecutive slow windows before a rank is named a straggler
+    loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)  # loss-spike detection + response
 
 
 @dataclass
@@ -131,6 +174,7 @@ class TrainingConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # validation and caption samples
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # intervals, keep, resume
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow
+    profile: ProfileConfig = field(default_factory=ProfileConfig)  # torch.profiler trace, memory snapshots
 
     # ---- derived values -------------------------------------------------------------------
     def dp_size(self, world_size: int) -> int:

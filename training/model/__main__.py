@@ -1,7 +1,8 @@
 """`python -m training.model PRESET [key=value ...] [--tp N --dp N --zero S --precision P]`.
 
-Parameter counts per component and the model-state memory of one rank for a layout (meta device:
-nothing is allocated)."""
+Parameter counts per component (all / trainable / frozen, as `model.freeze` and the encoders'
+`trainable_layers` leave them) and the model-state memory of one rank for a layout (meta device: nothing
+is allocated, no weights are read)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     from training.config.loader import parse_overrides
     from training.model.config import PRESETS, build_model_config
     from training.model.memory import rank_memory
-    from training.model.metalm import count_parameters
+    from training.model.metalm import meta_model
 
     ap = argparse.ArgumentParser(
         prog="python -m training.model",
-        description="Print MetaLM parameter counts per component (no weights allocated).",
+        description="Print MetaLM parameter counts per component, trainable and frozen (no weights allocated).",
     )
     ap.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
     ap.add_argument(
@@ -42,14 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[str] = []
         cfg = build_model_config({"preset": args.preset, **parse_overrides(args.overrides)}, problems)
         if not problems:  # checks beyond types only on a config that built cleanly (as load_config does)
-            problems = cfg.problems(tp=args.tp)
+            problems = cfg.problems(tp=args.tp, check_files=False)  # no weights are read here
         if args.zero == 3 and args.tp > 1:
             problems.append(
                 "ZeRO-3 works only with tp=1 (DeepSpeed has no TP + ZeRO-3 training): use --zero 2"
             )
         if problems:
             raise UserError(problems)
-        counts = count_parameters(cfg)
+        model = meta_model(cfg)
+        counts = model.parameter_counts()
+        trainable = model.parameter_counts(trainable=True)
         mem = rank_memory(cfg, args.tp, args.dp, args.zero, args.precision)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -58,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         f"MetaLM preset {cfg.preset}: vocab {cfg.vocab_size}, seq {cfg.max_seq_len}, image {cfg.image_size}px, "
         f"{cfg.image_slots} slots/image ({cfg.connector.kind} connector)"
     )
+    print(f"  {'component':<15} {'parameters':>15}  {'trainable':>15}  {'frozen':>15}")
     for k, v in counts.items():
-        print(f"  {k:<15} {v:>15,d}  ({v / 1e6:,.1f}M)")
+        t = trainable[k]
+        print(f"  {k:<15} {v:>15,d}  {t:>15,d}  {v - t:>15,d}  ({v / 1e6:,.1f}M)")
     print(
         f"one rank at tp={args.tp} dp={args.dp} ZeRO-{args.zero} {args.precision}: {mem.params / 1e6:,.1f}M parameters "
         f"({mem.trainable / 1e6:,.1f}M trainable); model states {mem.total_gib:.2f} GiB = weights "

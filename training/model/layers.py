@@ -11,6 +11,20 @@ TP group and size, dropouts, init std, checkpointing).
 Dropout streams: hidden dropout uses the default generator (identical on the ranks of one TP group,
 since the activations are replicated); attention-probability dropout runs inside Megatron's
 `get_cuda_rng_tracker().fork()` (a different stream per TP rank, since each rank holds other heads).
+
+Attention masks (what runs where). The `key_mask` a stack/layer/attention takes is either
+- None: the decoder's plain causal attention, SDPA with `is_causal=True` and no mask tensor: the fast
+  path of unpacked batches (flash attention on GPU, the fused CPU kernel on CPU);
+- [B, S] bool (True = attend): key padding of the encoders (broadcast over queries and heads);
+- [B, 1, T, S] bool: a full mask, built once per forward by `packed_attention_mask` for packed finetuning
+  rows (a position sees earlier positions of its own example only) and by generation (padding holes
+  in the prefix). Causality is inside the mask then. On CPU SDPA runs its masked kernel; on GPU
+  flash attention takes no mask, so PyTorch picks the memory-efficient kernel (it takes an arbitrary
+  mask; fp16/bf16/fp32), else the math kernel. Cost: the mask itself (B*T*S bytes, shared by all heads
+  and layers: 33 MB at B=8, T=2048) and the memory-efficient kernel's lower speed than flash; every
+  masked-out block is still computed (no skipping across examples). A varlen flash path
+  (flash_attn_varlen_func over cu_seqlens, skipping cross-example blocks) needs the flash-attn package
+  and an unpad/repad around each layer: not done here.
 """
 
 from __future__ import annotations
@@ -144,6 +158,18 @@ class KVCache:
         self.layers = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.layers]
 
 
+def packed_attention_mask(example_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] example ids (-1 = padding) -> [B, 1, T, T] bool causal mask that keeps examples apart:
+    position t attends to s <= t only when both belong to the same example; padding attends only to
+    itself (every query row keeps its diagonal, so no row is all-masked and SDPA gives no NaN)."""
+    t = example_ids.shape[1]
+    idx = torch.arange(t, device=example_ids.device)
+    causal = idx[None, :] <= idx[:, None]  # [T(query), T(key)]
+    same = example_ids[:, :, None] == example_ids[:, None, :]  # [B, T, T]
+    real = (example_ids >= 0)[:, :, None] | (idx[None, :] == idx[:, None])  # padding: diagonal only
+    return (causal & same & real)[:, None]
+
+
 class ParallelAttention(nn.Module):
     """Multi-head attention split by heads across TP ranks (self- or cross-attention).
 
@@ -210,13 +236,18 @@ class ParallelAttention(nn.Module):
         cache: KVCache | None = None,
         layer_index: int = 0,
     ) -> torch.Tensor:
-        """x [B, T, H] -> [B, T, H]. key_mask [B, S] bool (True = attend); cache: decoder generation."""
+        """x [B, T, H] -> [B, T, H]. key_mask (True = attend): [B, S] key padding, or a full [B, 1, T, S]
+        mask (causality included; see the module docstring); cache: decoder generation, where a full
+        mask covers the cached keys too ([B, 1, T_new, T_cached + T_new])."""
         if self.cross:
             (q,) = self._heads(self.q(x)[0], 1)
             k, v = self._heads(self.kv(kv_input)[0], 2)
         else:
             q, k, v = self._heads(self.qkv(x)[0], 3)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if key_mask is None or key_mask.dim() == 4:
+            mask = key_mask
+        else:
+            mask = key_mask[:, None, None, :]
         if cache is not None:
             past = cache.layers[layer_index]
             t_new = q.shape[2]
@@ -224,7 +255,7 @@ class ParallelAttention(nn.Module):
                 k = torch.cat([past[0], k], dim=2)
                 v = torch.cat([past[1], v], dim=2)
             cache.layers[layer_index] = (k, v)
-            if causal and past is not None:
+            if causal and past is not None and mask is None:
                 t_all = k.shape[2]
                 # query i (absolute position t_all - t_new + i) sees keys <= its position
                 mask = (
@@ -269,7 +300,8 @@ class ParallelMLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """One Transformer layer; norm scheme `pre` (pre-LN) or `deepnorm` (post-LN with residual alpha)."""
+    """One Transformer layer; norm scheme `pre` (pre-LN), `deepnorm` (post-LN with residual alpha) or `post`
+    (plain post-LN, alpha = beta = 1: BERT / RoBERTa / ELECTRA layers)."""
 
     def __init__(
         self,
@@ -307,7 +339,7 @@ class TransformerLayer(nn.Module):
         layer_index: int = 0,
     ) -> torch.Tensor:
         drop = self.dropout if self.training else 0.0
-        if self.norm_scheme == "deepnorm":
+        if self.norm_scheme in ("deepnorm", "post"):
             a = self.attn(x, causal=causal, key_mask=key_mask, cache=cache, layer_index=layer_index)
             x = self.ln1(x * self.alpha + F.dropout(a, drop, self.training))
             return self.ln2(x * self.alpha + F.dropout(self.mlp(x), drop, self.training))
@@ -353,6 +385,7 @@ class TransformerStack(nn.Module):
     def forward(
         self, x: torch.Tensor, key_mask: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> torch.Tensor:
+        """key_mask: None, [B, S] key padding or a full [B, 1, T, S] mask (ParallelAttention.forward)."""
         for i, layer in enumerate(self.layers):
             trainable = any(p.requires_grad for p in layer.parameters())
             if (

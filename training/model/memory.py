@@ -21,7 +21,7 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 @dataclass
 class RankMemory:
     params: int  # parameters held by one rank (its TP shards + replicated ones)
-    trainable: int  # of which trainable (frozen ViT layers excluded)
+    trainable: int  # of which trainable (frozen parameters excluded: model.freeze, trainable_layers)
     weights_gib: float  # model weights on one rank
     grads_gib: float  # gradients on one rank
     optimizer_gib: float  # optimizer states (+ fp32 master weights in mixed precision) on one rank

@@ -66,7 +66,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "connector": {"kind": "resampler", "num_latents": 32, "resampler_layers": 1, "resampler_heads": 4},
     },
-    # paper decoder + language encoder; CLIP ViT-L/14-shaped vision encoder (Kosmos-1: last layer trains)
+    # paper decoder (DeepNorm) + language encoder shaped like ELECTRA-large (the paper docks a pretrained
+    # replaced-token-detection encoder and trains its last two layers); CLIP ViT-L/14-shaped vision encoder
+    # (Kosmos-1: its last layer trains). The frozen parts need weights: configs/metalm-1.3b.yaml docks them.
     "metalm-1.3b": {
         "vocab_size": 64000,
         "dropout": 0.1,
@@ -77,6 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_heads": 32,
             "ffn_hidden_size": 8192,
             "max_seq_len": 2048,
+            "norm_scheme": "deepnorm",
         },
         "text_encoder": {
             "num_layers": 24,
@@ -84,6 +87,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_heads": 16,
             "ffn_hidden_size": 4096,
             "max_len": 512,
+            # the BERT / ELECTRA encoder style, so google/electra-large-discriminator docks as is
+            "norm_scheme": "post",
+            "embedding_norm": True,
+            "token_type": True,
+            "scale_embeddings": False,
+            "layer_norm_eps": 1e-12,
+            "trainable_layers": 2,
         },
         "vision_encoder": {
             "num_layers": 24,

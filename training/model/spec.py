@@ -1,9 +1,8 @@
 """LayerSpec: the settings every tensor-parallel layer of one model component shares, in one object.
 
 Built once per component from the ModelConfig and the Topology (`component_specs`) and handed to that
-component's constructors, which otherwise take only their own shapes. A component that needs other
-settings (e.g. a docked pretrained encoder with its own dropout) gets its own spec:
-`dataclasses.replace(specs["text_encoder"], hidden_dropout=0.1)`.
+component's constructors, which otherwise take only their own shapes. Each component's dropouts come
+from its own config section (`model.text_encoder.dropout`, ...), else from the model-wide ones.
 """
 
 from __future__ import annotations
@@ -56,7 +55,8 @@ def component_specs(
     cfg: ModelConfig, topology: Topology, params_dtype: torch.dtype = torch.float32
 ) -> dict[str, LayerSpec]:
     """A LayerSpec per component: decoder, text_encoder, vision_encoder, connectors (one megatron config
-    and TP group shared by all; today they differ only in checkpointing)."""
+    and TP group shared by all). Dropouts: each component's own `dropout` / `attention_dropout`, or the
+    model-wide ones where those are null (the paper docks its encoder with 0.1 and trains the decoder with 0)."""
     shared = LayerSpec(
         mp=megatron_config(topology.tp_size, params_dtype),
         tp_group=topology.tp_group,
@@ -66,10 +66,18 @@ def component_specs(
         init_std=cfg.init_std,
         checkpointing=cfg.activation_checkpointing,
     )
+
+    def own(section, **changes) -> LayerSpec:
+        if section.dropout is not None:
+            changes["hidden_dropout"] = section.dropout
+        if section.attention_dropout is not None:
+            changes["attention_dropout"] = section.attention_dropout
+        return dataclasses.replace(shared, **changes)
+
     return {
-        "decoder": shared,
-        "text_encoder": shared,
-        "vision_encoder": shared,
+        "decoder": own(cfg.decoder),
+        "text_encoder": own(cfg.text_encoder),
+        "vision_encoder": own(cfg.vision_encoder),
         # checkpointing applies to the Transformer stacks; the connectors (resampler) are never checkpointed
-        "connectors": dataclasses.replace(shared, checkpointing="none"),
+        "connectors": own(cfg.connector, checkpointing="none"),
     }

@@ -4,6 +4,7 @@ Names are the model's parameter names (identical for every TP size). A parameter
 ranks carries megatron's `partition_dim`; its full tensor is the concatenation of the ranks' shards
 along that dimension. Vocab padding rows of the embeddings are removed on gather and re-added (zero)
 on load, so a full state dict depends on neither the TP size nor the padding multiple.
+Loading also adapts the ViT position table to the model's resolution (`load_full_state_dict`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def load_full_state_dict(
 ) -> None:
     """Copy this TP rank's slice of each full tensor into the model (names as gather_full_state_dict).
 
-    Raises UserError naming missing / unexpected tensors and every shape mismatch."""
+    A ViT position table of another resolution (an export trained at 224 px loaded into a 336 px model) is
+    interpolated over the patch grid (vision_weights.resize_positions). Raises UserError naming missing /
+    unexpected tensors and every shape mismatch."""
     params = dict(model.named_parameters())
+    name = "vision_encoder.positions"
+    if name in full_sd and name in params and full_sd[name].shape != params[name].shape:
+        from training.model.vision_weights import resize_positions
+
+        full_sd = {**full_sd, name: resize_positions(full_sd[name], model.vision_encoder.grid)}
     problems = []
     if strict:
         missing = sorted(set(params) - set(full_sd))

@@ -9,6 +9,7 @@ import pytest
 from common.exit_codes import USER_ERROR
 from training.model import count_parameters, model_config_from_preset
 from training.model.__main__ import main
+from training.model.metalm import meta_model
 
 
 def test_metalm_1_3b_decoder_is_1_3b_on_meta(caplog):
@@ -57,11 +58,12 @@ def test_rank_memory_estimate():
     total = count_parameters(cfg)["total"]
     one = rank_memory(cfg, tp=1, dp=1, zero=0, precision="bf16")
     assert one.params == total
-    frozen_vit = 23 * (
-        4 * 1024 * 1024 + 4 * 1024 + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
-    )  # 23 of 24 layers
+    layer = 4 * 1024 * 1024 + 4 * 1024 + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
+    frozen_vit = 23 * layer  # 23 of 24 layers
     frozen_vit += 1024 * 3 * 14 * 14 + 1024 + 257 * 1024 + 2 * 1024  # patch embed, CLS, positions, ln_pre
-    assert one.trainable == total - frozen_vit
+    frozen_text = 22 * layer  # the paper: all but the last two layers
+    frozen_text += 64000 * 1024 + 512 * 1024 + 1024 + 2 * 1024  # words, positions, token type, embedding LN
+    assert one.trainable == total - frozen_vit - frozen_text
     gib = 1024**3
     assert one.weights_gib == pytest.approx(total * 2 / gib)
     assert one.optimizer_gib == pytest.approx(one.trainable * 12 / gib)
@@ -73,3 +75,30 @@ def test_rank_memory_estimate():
     z3 = rank_memory(cfg, tp=1, dp=8, zero=3)
     assert z3.weights_gib == pytest.approx(total * 2 / 8 / gib)
     assert main(["metalm-1.3b", "--tp", "2", "--zero", "3"]) == USER_ERROR
+
+
+def test_1_3b_report_counts_trainable_and_frozen_per_component(capsys):
+    """The paper's freezing: language encoder trains its last two layers, the ViT its last one (+ final LN)."""
+    cfg = model_config_from_preset("metalm-1.3b")
+    assert cfg.decoder.norm_scheme == "deepnorm" and cfg.text_encoder.norm_scheme == "post"
+    model = meta_model(cfg)
+    every, trainable, frozen = (model.parameter_counts(t) for t in (None, True, False))
+    assert all(every[k] == trainable[k] + frozen[k] for k in every)
+    layer = 4 * 1024 * 1024 + 4 * 1024 + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
+    assert trainable["text_encoder"] == 2 * layer  # post-LN: no final LN
+    assert trainable["vision_encoder"] == layer + 2 * 1024  # + the final LN
+    assert frozen["decoder"] == frozen["connectors"] == 0
+    assert main(["metalm-1.3b"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable" in out and "frozen" in out
+    for comp in ("text_encoder", "vision_encoder", "total"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(comp))
+        assert f"{trainable[comp]:,d}" in line and f"{frozen[comp]:,d}" in line, line
+    whole = model_config_from_preset("metalm-1.3b", **{"freeze.decoder": True, "freeze.connectors": True})
+    assert count_parameters(whole, trainable=True) == {  # single-task finetuning: the encoders' tops train
+        "decoder": 0,
+        "text_encoder": trainable["text_encoder"],
+        "vision_encoder": trainable["vision_encoder"],
+        "connectors": 0,
+        "total": trainable["text_encoder"] + trainable["vision_encoder"],
+    }

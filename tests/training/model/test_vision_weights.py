@@ -88,7 +88,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     cfg = model_config_from_preset("debug", **VIT)
     model = MetaLM(cfg, Topology.single_process())  # construction and loading need no process group
     sd = {k: v.detach().clone() for k, v in model.vision_encoder.named_parameters()}
-    sd["positions"] = torch.zeros(10, 64)
+    sd["positions"] = torch.zeros(11, 64)  # not CLS + a square grid (those are interpolated)
     del sd["ln_pre.bias"]
     sd["extra.weight"] = torch.zeros(2)
     save_file(sd, tmp_path / "bad.safetensors")
@@ -98,7 +98,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     with pytest.raises(UserError) as e:
         MetaLM(bad, Topology.single_process())
     msg = str(e.value)
-    assert "tensor positions has shape (10, 64), the vision encoder needs (17, 64)" in msg
+    assert "tensor positions has shape (11, 64), the vision encoder needs (17, 64)" in msg
     assert "missing tensors: ln_pre.bias" in msg and "extra.weight" in msg
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     junk = model_config_from_preset("debug", **{"vision_encoder.weights_path": str(tmp_path / "junk.pt")})
