@@ -3,17 +3,21 @@
 Built once: MetaLM (TP group from the topology) -> AdamW + lr schedule -> `deepspeed.initialize`
 (ZeRO, precision, clipping, accumulation; our `mpu` adapter) -> streaming loaders (DP-sharded) ->
 CheckpointManager (resume) -> MLflow tracker (rank 0). Each step: `grad_accum` micro-batches of
-forward / backward / engine.step, one all-reduce of the step's figures over DP. At step
-boundaries: progress line + metrics, validation, caption samples, checkpoint, preemption check.
+forward / backward / engine.step (each phase timed: `time/*` metrics), one all-reduce of the step's
+figures over DP. At step boundaries: progress line + metrics, loss-spike policy, per-rank figures
+(stragglers), validation, caption samples, eval harness (eval.harness), checkpoint (async ones committed
+here), profiler window, preemption check.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
 import resource
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,14 +30,21 @@ from common import exit_codes
 from common.special_tokens import PAD_ID
 from training import flops as flops_mod
 from training.checkpoint import CheckpointManager
+from training.checkpoint.collectives import Collectives
 from training.config import TrainingConfig
 from training.data.batch import Batch
 from training.engine import DTYPES, build_engine
+from training.loss_weighting import LossWeighting
+from training.observability.phases import PhaseTimer
+from training.observability.profiler import MemorySnapshots, StepProfiler
+from training.observability.stragglers import StragglerMonitor
 from training.precision import resolve_precision
 from training.progress import Progress
 from training.resilience import fault_injection
+from training.resilience import loss_spike as spike_policy
 from training.resilience.bad_steps import ROLLBACK, BadStepGuard, TooManyBadSteps
-from training.tracking import Tracker
+from training.resilience.loss_spike import LossSpikeDetector, LossSpikeStop
+from training.tracking import EventLog, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,10 @@ class Trainer:
                 cfg, train=dataclasses.replace(cfg.train, precision=self.precision.precision)
             )
         self.cfg, self.topo = cfg, topology
+        # MFU's denominator: the configured device peak, or on a CPU with precision auto the matmul peak of
+        # the chosen precision measured at start-up (per process, at its thread count)
+        measured = self.precision.gflops.get(self.precision.precision, 0.0) / 1e3
+        self.peak_tflops = cfg.train.peak_tflops or measured
         if (
             preemption is None
         ):  # `python -m training` installs it before anything else; a signal during set-up is kept
@@ -71,6 +86,9 @@ class Trainer:
         self.engine, self.ds_config = build_engine(cfg, topology)
         self.grad_accum = cfg.grad_accum_steps(topology.world_size)
         self.dtype = DTYPES[cfg.train.precision]
+        self.weighting = LossWeighting(
+            cfg.train.loss_weighting, self.grad_accum, topology.dp_size, self.dp_sum
+        )
 
         if cfg.data.clean_stale_shm:
             clean_stale_shared_memory()
@@ -88,6 +106,28 @@ class Trainer:
             artifact_root=self.run_dir.mlartifacts,
         )
         self.progress = Progress(cfg.train.steps, enabled=topology.rank == 0)
+        self.events = EventLog(self.run_dir.events, self.tracker, enabled=topology.rank == 0)
+        # observability: phase times every step, per-rank figures every straggler_interval steps, traces
+        t, prof = cfg.train, cfg.profile
+        self.coll = Collectives(topology)
+        self.timer = PhaseTimer(sync=t.sync_timing)
+        self.stragglers = StragglerMonitor(
+            t.straggler_interval,
+            t.straggler_factor,
+            t.straggler_windows,
+            self.coll.all_gather_floats,
+            self.coll.gather,
+            socket.gethostname(),
+        )
+        self.profiler = StepProfiler(prof, topology.rank, self.run_dir.profile)
+        self.memory = MemorySnapshots(
+            prof.memory_snapshot and topology.rank in prof.ranks, topology.rank, self.run_dir.profile
+        )
+        self.spikes = LossSpikeDetector(t.loss_spike)
+        self.data_skips: dict[int, int] = {}  # step about to run -> steps of data to drop first (spikes)
+        self._harness = None  # eval.harness: its inputs are checked now, before any step
+        if cfg.eval.harness:
+            self.eval_harness()
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
@@ -105,20 +145,30 @@ class Trainer:
         self.watchdog = watchdog
         if watchdog:
             watchdog.start()
+        self.memory.start()
         batches = self.batches()
         status = "FAILED"
         guard = BadStepGuard(self.cfg.train.max_bad_steps)
         try:
             while self.step < self.cfg.train.steps:
-                metrics = self.train_step(batches)
+                if self.step + 1 in self.data_skips:  # after a loss-spike rollback: drop the bad window
+                    self.skip_data(batches, self.data_skips.pop(self.step + 1))
+                with self.profiler.step(self.step + 1), self.memory.on_oom(self.step + 1):
+                    metrics = self.train_step(batches)
                 self.step += 1
-                action = guard.after_step(self.step, metrics["loss"], self.grad_norm(), metrics["skipped"])
+                grad_norm = None if metrics["spike_skip"] else self.grad_norm()  # NaN by our own doing
+                action = guard.after_step(self.step, metrics["loss"], grad_norm, metrics["skipped"])
                 if action != "ok":
                     self.tracker.log_metrics(guard.metrics(), self.step)
                 if action == ROLLBACK:
                     self.rollback()
                     batches = self.batches()  # the loader restarts from the checkpoint's position
                     continue
+                spike = self.spikes.observe(self.step, metrics["loss"])
+                if spike is not None and spike.confirmed:
+                    if self.on_loss_spike(spike, metrics["spike_skip"]):  # rolled back
+                        batches = self.batches()
+                        continue
                 if watchdog:
                     watchdog.beat(self.step)
                 self.after_step(metrics)
@@ -128,7 +178,7 @@ class Trainer:
                         self.step,
                         exit_codes.PREEMPTED,
                     )
-                    self.save()
+                    self.save(blocking=True)  # an async save in flight is committed first
                     status = "KILLED"
                     return exit_codes.PREEMPTED
             self.finish_training()
@@ -137,7 +187,12 @@ class Trainer:
         except TooManyBadSteps as e:
             log.error("%s", e)
             return exit_codes.BAD_STEPS
+        except LossSpikeStop as e:
+            log.error("%s", e)
+            return exit_codes.LOSS_SPIKE
         finally:
+            self.profiler.close(self.step)
+            self.memory.stop()
             if watchdog:
                 watchdog.stop()
             self.tracker.finish(status)
@@ -145,37 +200,78 @@ class Trainer:
     def train_step(self, batches: Iterator[Batch]) -> dict[str, float]:
         """One optimizer step: `grad_accum` micro-batches of forward/backward, then the engine's update."""
         t0 = time.perf_counter()
-        wait = 0.0
+        timer = self.timer
+        timer.reset()
+        timer.record = self.profiler.active
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = flops = 0.0
         skipped = (
             self.engine.skipped_steps
         )  # DeepSpeed skips non-finite updates (fp16 overflow, inf/NaN grads)
         fault_injection.stall(self.step + 1)  # TEST HOOK (METALM_TEST_STALL_STEP): a hung rank
-        for _ in range(self.grad_accum):
-            tw = time.perf_counter()
-            batch = self.to_device(next(batches))
-            wait += time.perf_counter() - tw
-            loss = self.engine(batch)
-            loss = BadStepGuard.poison(self.step + 1, loss)  # TEST HOOK (METALM_TEST_NAN_STEPS)
-            self.engine.backward(loss)
-            self.engine.step()
-            loss_sum += loss.detach().double().cpu()
+        # TEST HOOK (METALM_TEST_LOSS_SPIKE): a bad stretch of data, keyed by the data position
+        spike_factor = fault_injection.loss_spike_factor(
+            self.consumed_samples // self.cfg.train.global_batch_size + 1
+        )
+        # loss_spike.action=skip: the DP-mean loss is known before the last backward, to drop the update
+        decide_first = self.spikes.enabled and self.cfg.train.loss_spike.action == spike_policy.SKIP
+        drop = False
+        figures = None
+        batches = self.weighting.step_batches(batches)  # loss_weighting=token: fetched first, tokens counted
+        for i in range(self.grad_accum):
+            with timer.data_wait:
+                batch = next(batches)
             tokens += float((batch.tokens != PAD_ID).sum()) + batch.image_dest.numel()
             flops += flops_mod.batch_flops(self.cfg.model, batch)
+            batch = self.to_device(batch)
+            with timer.forward:
+                if i == 0:
+                    fault_injection.slow_rank()  # TEST HOOK (METALM_TEST_SLOW_RANK): a straggler
+                loss = self.engine(batch)
+                loss = BadStepGuard.poison(self.step + 1, loss)  # TEST HOOK (METALM_TEST_NAN_STEPS)
+                if spike_factor != 1.0:
+                    loss = loss * spike_factor
+                loss = self.weighting.weigh(loss, batch)  # train.loss_weighting (training/loss_weighting.py)
+            if decide_first and i == self.grad_accum - 1:
+                loss_sum += loss.detach().double().cpu()
+                figures = self.step_figures(loss_sum, tokens, flops)
+                drop = self.spikes.would_confirm(figures[0] / figures[1])
+                if drop:  # a NaN loss: DeepSpeed refuses the update (weights, moments, schedule unchanged)
+                    loss = loss * float("nan")
+            with timer.backward:
+                self.engine.backward(loss)
+            with timer.optimizer:
+                self.engine.step()
+            if figures is None:
+                loss_sum += loss.detach().double().cpu()
         self.consumed_samples += self.cfg.train.global_batch_size
-        figures = self.dp_sum(
-            torch.tensor([float(loss_sum), self.grad_accum, tokens, flops], dtype=torch.float64)
-        ).tolist()
+        if figures is None:
+            figures = self.step_figures(loss_sum, tokens, flops)
         step_time = time.perf_counter() - t0
+        phases = timer.seconds()
         return {
             "loss": figures[0] / figures[1],
             "step_time": step_time,
             "tokens": figures[2],
             "flops": figures[3],
-            "data_wait": wait,
-            "skipped": self.engine.skipped_steps - skipped,
+            "data_wait": phases["time/data_wait"],
+            "skipped": self.engine.skipped_steps - skipped - int(drop),
+            "spike_skip": drop,
+            **phases,
         }
+
+    def step_figures(self, loss_sum: torch.Tensor, tokens: float, flops: float) -> list[float]:
+        """[loss sum, micro-batches, tokens, flops] summed over DP (one all-reduce)."""
+        return self.dp_sum(
+            torch.tensor([float(loss_sum), self.grad_accum, tokens, flops], dtype=torch.float64)
+        ).tolist()
+
+    def skip_data(self, batches: Iterator[Batch], steps: int) -> None:
+        """Draw and drop `steps` optimizer steps' worth of batches (exact across epoch ends)."""
+        for _ in range(steps * self.grad_accum):
+            next(batches)
+        self.consumed_samples += steps * self.cfg.train.global_batch_size
+        log.warning("skipped %d steps of data before step %d (loss-spike window)", steps, self.step + 1)
 
     def batches(self) -> Iterator[Batch]:
         """Training batches forever (epoch after epoch); the loader's state resumes mid-epoch."""
@@ -208,29 +304,55 @@ class Trainer:
             "samples_per_s": t.global_batch_size / m["step_time"],
             "data_wait_frac": m["data_wait"] / m["step_time"],
             "memory_gb": peak_memory_gb(),
-            "mfu": (m["flops"] / world / m["step_time"] / (t.peak_tflops * 1e12))
-            if t.peak_tflops > 0
+            "mfu": (m["flops"] / world / m["step_time"] / (self.peak_tflops * 1e12))
+            if self.peak_tflops
             else None,
+            **{k: v for k, v in m.items() if k.startswith("time/")},  # seconds per phase of the step
         }
         self.last_metrics = row
         self.losses.append((self.step, m["loss"]))
         self.progress.update(self.step, row)
         self.tracker.log_metrics(row, self.step)
+        # per-rank figures: one all-gather every straggler_interval steps
+        self.stragglers.add(m["step_time"], m["data_wait"], m["time/data_wait"] + m["time/forward"])
+        report = self.stragglers.check(self.step)
+        if report is not None:
+            self.log_stragglers(report)
         if self.step % t.log_interval == 0 or self.step == t.steps:
             self.progress.print_line(self.step)
             self.tracker.flush()
-        if ev.interval_steps > 0 and self.step % ev.interval_steps == 0 and self.step < t.steps:
+        timed = {}  # seconds of the step-boundary work that ran (MLflow time/eval, time/checkpoint)
+        te = time.perf_counter()
+        validate = ev.interval_steps > 0 and self.step % ev.interval_steps == 0 and self.step < t.steps
+        if validate:
             with self.not_a_hang():
                 self.validate()
-        if (
+        captions = (
             ev.caption_interval_steps > 0
             and self.step % ev.caption_interval_steps == 0
             and self.step < t.steps
-        ):
+        )
+        if captions:
             with self.not_a_hang():
                 self.log_captions()
-        if self.ckpt.should_save(self.step):
+        if validate or captions:
+            timed["time/eval"] = time.perf_counter() - te
+        every = ev.harness_interval_steps
+        if ev.harness and every > 0 and self.step % every == 0 and self.step < t.steps:
+            self.run_eval_harness()  # logs eval/<task>/<metric> and time/eval_harness
+        tc = time.perf_counter()
+        with self.not_a_hang():
+            committed = self.ckpt.poll()  # an async save whose writers are all done is committed here
+        saving = self.ckpt.should_save(self.step)
+        if saving:
             self.save()
+        if saving or committed is not None:
+            timed["time/checkpoint"] = time.perf_counter() - tc
+        if self.profiler.window_ended(self.step):
+            self.publish_profile()
+        self.memory.maybe_dump_requested(self.step)
+        if timed:
+            self.tracker.log_metrics(timed, self.step)
 
     def finish_training(self) -> None:
         with self.not_a_hang():
@@ -238,10 +360,14 @@ class Trainer:
                 self.validate()
             if self.cfg.eval.caption_samples > 0:
                 self.log_captions()
+        if self.cfg.eval.harness:
+            self.run_eval_harness()
         if self.ckpt.last_saved_step != self.step and (
             self.cfg.checkpoint.interval_steps > 0 or self.cfg.checkpoint.interval_minutes > 0
         ):
             self.save()
+        with self.not_a_hang():
+            self.ckpt.wait()  # an async save still in flight is committed before the job ends
         self.tracker.flush()
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -296,6 +422,19 @@ class Trainer:
         log.info("step %d caption samples:\n%s", self.step, text)
         self.tracker.log_text(text, f"captions/step_{self.step:08d}.txt")
 
+    def eval_harness(self):
+        """The eval.harness benchmarks (evaluation/hook.py TrainingHook, built once). THE one place the training
+        loop reaches `evaluation`: imported here, late, never at module level (evaluation imports training)."""
+        if self._harness is None:
+            self._harness = importlib.import_module("evaluation.hook").TrainingHook(self.cfg, self.topo)
+        return self._harness
+
+    def run_eval_harness(self) -> None:
+        """COLLECTIVE (all ranks): eval.harness on the current weights, MLflow eval/<task>/<metric> at this step.
+        ZeRO-3: inside one parameter gather; every DP rank makes the same model calls (the harness pads)."""
+        with self.not_a_hang(), self.full_parameters():
+            self.eval_harness().run(self.engine.module, self.step, self.tracker)
+
     # ---- checkpoints and tracking -------------------------------------------------------------
     def trainer_state(self) -> dict:
         return {
@@ -307,11 +446,14 @@ class Trainer:
             "tokenizer_sha256": self.tokenizer_sha256,
             "vocab_size": self.cfg.model.vocab_size,
             "parallel": {"tp": self.topo.tp_size, "dp": self.topo.dp_size, "world": self.topo.world_size},
+            "loss_spike": self.spikes.state_dict(),
+            "data_skips": {str(k): v for k, v in self.data_skips.items()},
         }
 
-    def save(self) -> Path:
+    def save(self, blocking: bool | None = None) -> Path:
+        """COLLECTIVE. Save a checkpoint of this step (async with checkpoint.async_save unless `blocking`)."""
         with self.not_a_hang():
-            return self.ckpt.save(self.engine, self.step, self.trainer_state())
+            return self.ckpt.save(self.engine, self.step, self.trainer_state(), blocking=blocking)
 
     def not_a_hang(self):
         """Long step-boundary work (save, validation, captions) is not a hang for the watchdog."""
@@ -327,17 +469,106 @@ class Trainer:
                 "to: lower optim.lr or check the data"
             )
 
-    def resume(self, newest: bool = False) -> dict | None:
+    def on_loss_spike(self, spike, skipped: bool) -> bool:
+        """A confirmed loss spike: recorded (MLflow loss_spike/*, events.jsonl), then the configured
+        response; True when the run rolled back (the caller restarts its batches)."""
+        action = self.cfg.train.loss_spike.action
+        rec = spike.record()
+        rec.pop("step")
+        self.tracker.log_metrics(
+            {
+                "loss_spike/loss": spike.loss,
+                "loss_spike/threshold": spike.threshold,
+                "loss_spike/ema_mean": spike.mean,
+                "loss_spike/ratio": rec["ratio"],
+                "loss_spike/events": float(self.spikes.events),
+                "loss_spike/skipped_update": float(skipped),
+            },
+            self.step,
+        )
+        self.events.record("loss_spike", self.step, action=action, skipped_update=skipped, **rec)
+        if action == spike_policy.STOP:
+            raise LossSpikeStop(
+                f"loss spike at step {self.step}: {spike.loss:.4f} > {spike.threshold:.4f} (EMA mean "
+                f"{spike.mean:.4f}) for {spike.run} step(s) in a row, train.loss_spike.action=stop. Resume "
+                "from the last checkpoint with a lower optim.lr, or another action (log|skip|rollback)."
+            )
+        if action != spike_policy.ROLLBACK:
+            return False
+        first = spike.first_step
+        if self.spikes.rollbacks >= self.cfg.train.loss_spike.max_rollbacks:
+            raise LossSpikeStop(
+                f"loss spike at step {self.step} after {self.spikes.rollbacks} rollback(s) for spikes "
+                "(train.loss_spike.max_rollbacks): the run does not recover by skipping data; lower optim.lr"
+            )
+        self.spikes.rollbacks += 1
+        if self.resume(newest=True, max_step=first - 1) is None:
+            raise LossSpikeStop(
+                f"loss spike at step {self.step}: no valid checkpoint from before step {first} to roll back "
+                "to (checkpoint.interval_steps); stopping"
+            )
+        self.data_skips[first] = spike.run
+        log.warning(
+            "loss spike: rolled back to step %d; the data of steps %d-%d will be skipped",
+            self.step,
+            first,
+            spike.step,
+        )
+        self.events.record(
+            "loss_spike_rollback", spike.step, to_step=self.step, skip_data_of_steps=[first, spike.step]
+        )
+        return True
+
+    def log_stragglers(self, report) -> None:
+        """Per-rank figures of a window to MLflow; a newly named straggler as tags, text and an event."""
+        self.tracker.log_metrics(report.metrics(), self.step)
+        for fig in report.named:
+            self.tracker.set_tags({"straggler.rank": fig.rank, "straggler.host": fig.host})
+            self.tracker.log_text(report.table(), f"stragglers/step_{self.step:08d}.txt")
+            self.events.record(
+                "straggler",
+                self.step,
+                rank=fig.rank,
+                host=fig.host,
+                ratio=round(fig.ratio, 4),
+                windows=fig.windows,
+                local_time_s=fig.local_time,
+                step_time_s=fig.step_time,
+                data_wait_s=fig.data_wait,
+            )
+
+    def publish_profile(self) -> None:
+        """COLLECTIVE after the profiled window: memory snapshots, then rank 0 logs the traces it can see
+        (all of them on a shared file system) as MLflow artifacts under profile/."""
+        last = self.profiler.last
+        if self.cfg.profile.memory_snapshot:
+            self.memory.dump(last, "profile_window")
+        with self.not_a_hang():
+            self.coll.barrier()  # every traced rank has written its files
+        if self.topo.rank == 0:
+            for p in sorted(self.run_dir.profile.glob(f"rank*_steps*-{last}.json")) + sorted(
+                self.run_dir.profile.glob(f"memory_rank*_step{last}_*.pickle")
+            ):
+                self.tracker.log_artifact(p, "profile")
+
+    def resume(self, newest: bool = False, max_step: int | None = None) -> dict | None:
         expect = {"vocab_size": self.cfg.model.vocab_size}
         if self.tokenizer_sha256:
             expect["tokenizer_sha256"] = self.tokenizer_sha256
-        state = self.ckpt.resume(self.engine, expect=expect, newest=newest)
+        with self.not_a_hang():
+            state = self.ckpt.resume(self.engine, expect=expect, newest=newest, max_step=max_step)
         if state is None:
             return None
         self.step = int(state["step"])
         self.consumed_samples = int(state.get("consumed_samples", 0))
         if state.get("dataloader"):
             self.train_loader.load_state_dict(state["dataloader"])
+            # streaming ignores a resume state of an epoch before the one it presumes next (as stale): a
+            # rollback inside this process (its loader is past that epoch's start) would restart at a new
+            # epoch's first sample instead of the checkpoint's position
+            self.train_loader.dataset.next_epoch = int(state["dataloader"].get("epoch", 0))
+        self.spikes.load_state_dict(state.get("loss_spike"))
+        self.data_skips = {int(k): int(v) for k, v in (state.get("data_skips") or {}).items()}
         self.tracker.run_id = state.get("mlflow_run_id")
         # the restored optimizer holds the lr of the saved schedule; follow this config's schedule (e.g. more steps)
         sched = self.engine.lr_scheduler
@@ -378,7 +609,7 @@ class Trainer:
             parent = describe_source(self.cfg.checkpoint.load_weights_from)
             tags.update(
                 {
-                    "parent_model": str(Path(self.cfg.checkpoint.load_weights_from).resolve()),
+                    "parent_model": str(Path(parent["path"]).resolve()),
                     "parent_kind": parent["kind"],
                     "parent_step": str(parent.get("step")),
                     "parent_run_id": parent.get("mlflow_run_id") or "",

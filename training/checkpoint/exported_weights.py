@@ -28,22 +28,38 @@ logger = logging.getLogger(__name__)
 EXPORT_FORMAT = "metalm-full"
 
 
-def describe_source(path: str | Path) -> dict:
-    """{kind: export|checkpoint, step, vocab_size, tokenizer_sha256, mlflow_run_id, saved_tp, config}
-    of a `load_weights_from` source; UserError naming the path when it is neither."""
+def resolve_source(path: str | Path) -> Path:
+    """A run folder stands for its newest committed checkpoint (RUN_DIR/checkpoints/latest)."""
+    from training.run_dir import RunDir
+
     p = Path(path)
-    key = f"checkpoint.load_weights_from={str(p)!r}"
+    run = RunDir(p)
+    if p.is_dir() and run.latest.is_file():
+        name = run.latest.read_text().strip()
+        if name and (run.checkpoints / name).is_dir():
+            return run.checkpoints / name
+    return p
+
+
+def describe_source(path: str | Path) -> dict:
+    """{kind: export|checkpoint, path, step, vocab_size, tokenizer_sha256, mlflow_run_id, saved_tp, config}
+    of a `load_weights_from` source (a run folder means its newest checkpoint); UserError naming the path
+    when it is none of these."""
+    key = f"checkpoint.load_weights_from={str(path)!r}"
+    p = resolve_source(path)
     if p.is_dir():
         state_file = p / "trainer_state.json"
         if not (p / "COMPLETE").is_file() or not state_file.is_file():
             raise UserError(
-                f"{key} is a folder but not a committed checkpoint (no COMPLETE / trainer_state.json): give "
-                "RUN_DIR/checkpoints/step_N of a finished save, or an exported .safetensors"
+                f"{key} is a folder but not a committed checkpoint (no COMPLETE / trainer_state.json) nor a run "
+                "folder with one: give RUN_DIR, RUN_DIR/checkpoints/step_N of a finished save, or an exported "
+                ".safetensors"
             )
         state = json.loads(state_file.read_text())
         config = p / "config.yaml"
         return {
             "kind": "checkpoint",
+            "path": str(p),
             "step": state.get("step"),
             "vocab_size": state.get("vocab_size"),
             "tokenizer_sha256": state.get("tokenizer_sha256"),
@@ -67,6 +83,7 @@ def describe_source(path: str | Path) -> dict:
     config = p.parent / "config.yaml"
     return {
         "kind": "export",
+        "path": str(p),
         "step": meta.get("step"),
         "vocab_size": int(meta["vocab_size"]) if meta.get("vocab_size") else None,
         "tokenizer_sha256": meta.get("tokenizer_sha256"),
@@ -116,8 +133,8 @@ def load_exported_weights(model, path: str | Path, topology) -> dict:
     Shapes are checked against the model (UserError naming every mismatch). Returns `describe_source`."""
     from training.model.tp_shards import load_full_state_dict
 
-    path = Path(path)
     info = describe_source(path)
+    path = Path(info["path"])
     if info["kind"] == "checkpoint":
         full = full_state_dict_from_checkpoint(model, path)
     else:

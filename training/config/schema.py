@@ -133,7 +133,8 @@ class TrainConfig:
     zero: ZeroConfig = field(default_factory=ZeroConfig)  # DeepSpeed ZeRO bucket / overlap settings
     fp16_initial_scale_power: int = 16  # fp16 dynamic loss scale starts at 2**this
     log_interval: int = 10  # steps between console progress lines and MLflow metric flushes
-    peak_tflops: float = 0.0  # peak dense TFLOP/s of one device in the chosen precision, for MFU (0 = no MFU)
+    peak_tflops: float = 0.0  # one device's peak dense TFLOP/s in the training precision, for MFU (0: the
+    # start-up matmul measurement when precision=auto measured one on a CPU, else no MFU)
     watchdog_timeout_s: float = 0.0  # no completed step for this long -> dump stacks, exit 76 (0 = off)
     max_bad_steps: int = 5  # consecutive non-finite steps before rollback / stop
     sync_timing: bool = False  # synchronize the accelerator at phase boundaries (exact time/* on GPUs)
@@ -152,6 +153,9 @@ class EvalConfig:
     )
     caption_samples: int = 4  # held-out images captioned each time
     caption_max_new_tokens: int = 24  # generation length limit
+    harness: str = ""  # EVAL.yaml run on the weights being trained: MLflow eval/<task>/<metric> ('' = off)
+    harness_interval_steps: int = 0  # steps between eval.harness runs (0 = only at the end of training)
+    harness_overrides: list[str] = field(default_factory=list)  # dotted overrides of it, e.g. [root=demo_out]
 
 
 @dataclass
