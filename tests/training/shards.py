@@ -80,6 +80,50 @@ def write_text(out: Path, tok, n: int, seq_len: int = 64, seed: int = 0) -> Path
     return out
 
 
+def write_tasks(out: Path, tok, n: int, image_size: int = 32, seed: int = 0) -> Path:
+    """Finetuning task shards (data_prep/tasks.py columns): half "what colour?" questions about an image
+    (image -> vision encoder, question -> language encoder, answer from the decoder), half a text task
+    whose answer is in the encoder-side sentence."""
+    from data_prep.shard_meta import TASK_COLUMNS, join_images
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    with MDSWriter(out=str(out), columns=TASK_COLUMNS, size_limit=1 << 16) as w:
+        for i in range(n):
+            c, s = names[int(rng.integers(len(names)))], SIZES[int(rng.integers(2))]
+            images, segments = [], []
+            if i % 2 == 0:
+                img = Image.new("RGB", (image_size, image_size), (250, 250, 250))
+                half = image_size // 4 if s == "small" else 2
+                img.paste(COLOURS[c], (half, half, image_size - half, image_size - half))
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG", quality=90)
+                images.append(buf.getvalue())
+                segments.append(tok.encode("what colour is the square"))
+            else:
+                segments.append(tok.encode(f"the {s} square is {c}"))
+            w.write(
+                {
+                    "key": f"t{seed}{i:06d}",
+                    "dataset": "colours",
+                    "template_id": 0,
+                    **join_images(images),
+                    "encoder_segments": segments,
+                    "decoder_prompt_ids": tok.encode("a"),
+                    "target_ids": np.array(tok.encode(c), dtype=np.int32),
+                    "target": c,
+                    "answers": [c],
+                    "choices": [],
+                    "label": -1,
+                    "question_id": i,
+                    "image_id": i if images else -1,
+                }
+            )
+    _stats(out, "tasks", tok, n, image_size=image_size)
+    return out
+
+
 def _stats(out: Path, kind: str, tok, n: int, **extra) -> None:
     stats = {
         "kind": kind,
@@ -92,12 +136,14 @@ def _stats(out: Path, kind: str, tok, n: int, **extra) -> None:
 
 
 def make_dataset(root: Path, pairs: int = 256, texts: int = 64) -> Path:
-    """root/{tokenizer, pairs-train, pairs-val, text-train, text-val}; returns root."""
+    """root/{tokenizer, pairs-train, pairs-val, text-train, text-val, tasks-train, tasks-val}; returns root."""
     tok = write_tokenizer(root / "tokenizer")
     write_pairs(root / "pairs-train", tok, pairs, seed=1)
     write_pairs(root / "pairs-val", tok, 64, seed=2)
     write_text(root / "text-train", tok, texts, seed=3)
     write_text(root / "text-val", tok, 16, seed=4)
+    write_tasks(root / "tasks-train", tok, 128, seed=5)
+    write_tasks(root / "tasks-val", tok, 32, seed=6)
     return root
 
 

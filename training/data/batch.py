@@ -54,6 +54,12 @@ class Batch:
     def packed(self) -> bool:
         return self.example_ids is not None
 
+    def num_examples(self) -> int:
+        """Samples in this batch: one per row, or every example of every packed row."""
+        if self.example_ids is None:
+            return self.batch_size
+        return int((self.example_ids.max(dim=1).values + 1).clamp(min=1).sum())
+
     @staticmethod
     def empty_spans(span_len: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         """(span_tokens, span_dest) for a batch without text spans."""

@@ -20,12 +20,13 @@ then decodes one token per row per step:
   its answer is the best-scoring ended hypothesis.
 
 Tensor parallel: every rank of a TP group computes the same full logits (gathered vocab shards), so all
-ranks pick the same tokens and must make the same calls. ZeRO-3 (as `Trainer.caption_samples`): the
-partitioned parameters are gathered around the generation, and ZeRO-3's module hooks still gather each
-module's parameters at every module call, a collective over the DP group. So every DP rank must call
-`generate_rows` the same number of times (same num_beams); the inputs may differ: the decoding loop
-stops only when every DP rank is done (`group_stop`: one small all-reduce per step), a finished rank
-stepping on without effect, so all ranks make the same module calls.
+ranks pick the same tokens and must make the same calls. ZeRO-3: the model is used as it is (inside
+`Trainer.full_parameters`' gather, as `Trainer.caption_samples` does, or not: a nested gather is an
+error); ZeRO-3's module hooks gather each module's parameters at every module call, a collective over
+the DP group. So every DP rank must call `generate_rows` the same number of times (same num_beams);
+the inputs may differ: the decoding loop stops only when every DP rank is done (`group_stop`: one
+small all-reduce per step), a finished rank stepping on without effect, so all ranks make the same
+module calls.
 
 `MetaLM.generate(images, prompt_ids)` (captions during training) is a thin layout on top. The evaluation
 API (`evaluation/generate.py`: encoder-side inputs, in-context demonstrations, choice scoring) builds its
@@ -34,7 +35,6 @@ rows and calls `generate_rows`.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,17 +90,6 @@ def length_penalized(logprob: float, length: int, length_penalty: float) -> floa
 def zero3_partitioned(model) -> bool:
     """Whether DeepSpeed ZeRO-3 partitions this model's parameters."""
     return any(hasattr(p, "ds_id") for p in model.parameters())
-
-
-def full_parameters(model):
-    """A context that gathers ZeRO-3 partitioned parameters (a collective over the DP group), as
-    `Trainer.full_parameters` does; a no-op for ordinary parameters."""
-    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
-    if not partitioned:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(partitioned)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,14 +307,13 @@ def generate_rows(
         topo = getattr(model, "topology", None)
         if zero3_partitioned(model) and topo is not None and topo.dp_size > 1:
             stop = group_stop(topo.dp_group, dev)  # ZeRO-3 gathers per module call: DP ranks step together
-        with full_parameters(model):
-            dec = PrefixDecoder(
-                model, prefix, lengths, expand=num_beams, use_cache=use_cache, vocab_limit=vocab_limit
-            )
-            if num_beams == 1:
-                return greedy_search(dec.first_logp, dec.step, max_new, eos_id, length_penalty, stop)
-            ended = beam_search(dec.first_logp, dec.step, num_beams, max_new, eos_id, length_penalty, stop)
-            return [e[0] if e else Hypothesis([], float("-inf"), float("-inf"), False) for e in ended]
+        dec = PrefixDecoder(
+            model, prefix, lengths, expand=num_beams, use_cache=use_cache, vocab_limit=vocab_limit
+        )
+        if num_beams == 1:
+            return greedy_search(dec.first_logp, dec.step, max_new, eos_id, length_penalty, stop)
+        ended = beam_search(dec.first_logp, dec.step, num_beams, max_new, eos_id, length_penalty, stop)
+        return [e[0] if e else Hypothesis([], float("-inf"), float("-inf"), False) for e in ended]
     finally:
         model.train(was_training)
 

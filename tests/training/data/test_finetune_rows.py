@@ -61,6 +61,7 @@ def test_packing_keeps_examples_apart():
     assert p.loss.tolist() == r1.loss.tolist() + [False] + r3.loss.tolist()
     batch = semicausal.collate(packed, slots=2, image_size=8)
     assert batch.packed and batch.example_ids.shape == batch.tokens.shape == (2, 9)
+    assert batch.num_examples() == 3  # what the resumable loader state counts (not the 2 rows)
     assert batch.example_ids[1].tolist() == [0] * 8 + [-1]  # r2 alone, then padding
     assert batch.positions[1].tolist() == list(range(8)) + [0]
     assert batch.image_dest.tolist() == [[9 + 2, 9 + 3]]
