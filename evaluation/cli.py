@@ -1,4 +1,5 @@
-"""Command line: `python -m evaluation score {coco-caption,vqa} ...` (see --help).
+"""Command line: `python -m evaluation score {coco-caption,vqa} ...`, `python -m evaluation generate ...` and
+`python -m evaluation run ...` (the benchmark harness; see --help).
 
 Every command prints ONE JSON object on stdout (its result) and logs to stderr. To add a command,
 write an `_add_<name>_command(commands)` that creates its sub-parser and sets `handler`, and call it
@@ -23,6 +24,10 @@ examples:
   python -m evaluation score coco-caption --predictions preds.json --annotations captions_val2014.json
   python -m evaluation score vqa --predictions answers.json \\
       --questions v2_OpenEnded_mscoco_val2014_questions.json --annotations v2_mscoco_val2014_annotations.json
+  python -m evaluation generate --model export/metalm.safetensors --input examples.jsonl --output preds.jsonl
+  torchrun --nproc-per-node 2 -m evaluation generate --model RUN/checkpoints/step_00001200 --input ex.jsonl \\
+      --output preds.jsonl --num-beams 3 --demos demos.jsonl --demo-style encoder
+  python -m evaluation run --config configs/eval/shapes.yaml --model runs/demo/checkpoints
 
 exit codes: 0 ok (result JSON on stdout), 1 unexpected error, 2 bad input or flags (all problems
 found are listed on stderr; nothing is scored).
@@ -111,6 +116,66 @@ def _add_score_command(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_score_vqa)
 
 
+def _add_generate_command(commands: argparse._SubParsersAction) -> None:
+    from evaluation import generate_cli  # no torch at import: the module imports it when run
+
+    p = commands.add_parser(
+        "generate",
+        help="generate answers with a trained model (encoder-side inputs, in-context demonstrations)",
+        description=generate_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", required=True, help="exported .safetensors (config.yaml beside it) or checkpoint folder"
+    )
+    p.add_argument(
+        "--tokenizer", help="tokenizer folder (default: tokenizer/ beside the export, else the config's)"
+    )
+    p.add_argument(
+        "--input", required=True, help="JSONL examples: image(s), encoder (list of strings), prompt"
+    )
+    p.add_argument("--output", required=True, help="JSONL predictions, one per input line, in order")
+    p.add_argument("--demos", help="JSONL in-context demonstrations (the input fields plus label)")
+    p.add_argument(
+        "--demo-style",
+        choices=("encoder", "decoder"),
+        default="encoder",
+        help="demonstration inputs through the language encoder (the paper) or as decoder tokens (GPT-style)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    p.add_argument("--num-beams", type=int, default=1, help="1: greedy; else beam search (default 1)")
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        default=1.0,
+        help="beam score = summed log-probability / length ** this (default 1.0: mean log-probability)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="examples decoded together per replica (default 8)"
+    )
+    p.add_argument("--tp", type=int, help="tensor-parallel size (default: all processes in one TP group)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="parameter dtype (auto: bf16 on GPU, fp32 on CPU)",
+    )
+    p.set_defaults(handler=generate_cli.run)
+
+
+def _add_run_command(commands: argparse._SubParsersAction) -> None:
+    from evaluation import run_cli  # no torch at import: the module imports it when run
+
+    p = commands.add_parser(
+        "run",
+        help="run the benchmarks of an EVAL.yaml on a model: results JSON + MLflow eval/<task>/<metric>",
+        description=run_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_cli.add_arguments(p)
+    p.set_defaults(handler=run_cli.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation",
@@ -121,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_score_command(commands)
+    _add_generate_command(commands)
+    _add_run_command(commands)
     return parser
 
 
@@ -136,5 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         log.error("%s", e)
         return exit_codes.USER_ERROR
-    print(json.dumps(result))
+    if result is not None:  # None: a non-zero rank of a multi-process command
+        print(json.dumps(result))
     return exit_codes.OK

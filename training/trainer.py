@@ -138,7 +138,12 @@ class Trainer:
         self.start_tracking()
         preemption = self.preemption
         watchdog = (
-            Watchdog(self.cfg.train.watchdog_timeout_s, self.run_dir.hangs)
+            Watchdog(
+                self.cfg.train.watchdog_timeout_s,
+                self.run_dir.hangs,
+                rank=self.topo.rank,
+                first_step_s=self.cfg.train.watchdog_first_step_s,
+            )
             if self.cfg.train.watchdog_timeout_s > 0
             else None
         )
@@ -275,6 +280,7 @@ class Trainer:
 
     def batches(self) -> Iterator[Batch]:
         """Training batches forever (epoch after epoch); the loader's state resumes mid-epoch."""
+        first = True
         while True:
             it = iter(self.train_loader)
             rng = torch.get_rng_state()
@@ -282,6 +288,10 @@ class Trainer:
                 it, None
             )  # starting a DataLoader iterator draws a seed from the global RNG: undo it,
             torch.set_rng_state(rng)  # so dropout masks do not depend on where a resumed run started an epoch
+            if batch is None and first:  # resumed exactly at the end of an epoch: go on with the next one
+                first = False
+                continue
+            first = False
             if batch is None:
                 raise RuntimeError(
                     "the training loader yielded no batch: fewer samples per DP rank than "
@@ -562,11 +572,8 @@ class Trainer:
         self.step = int(state["step"])
         self.consumed_samples = int(state.get("consumed_samples", 0))
         if state.get("dataloader"):
+            # (the loaders also reset streaming's next epoch: a rollback inside this process resumes exactly)
             self.train_loader.load_state_dict(state["dataloader"])
-            # streaming ignores a resume state of an epoch before the one it presumes next (as stale): a
-            # rollback inside this process (its loader is past that epoch's start) would restart at a new
-            # epoch's first sample instead of the checkpoint's position
-            self.train_loader.dataset.next_epoch = int(state["dataloader"].get("epoch", 0))
         self.spikes.load_state_dict(state.get("loss_spike"))
         self.data_skips = {int(k): int(v) for k, v in (state.get("data_skips") or {}).items()}
         self.tracker.run_id = state.get("mlflow_run_id")

@@ -136,6 +136,8 @@ class TrainConfig:
     peak_tflops: float = 0.0  # one device's peak dense TFLOP/s in the training precision, for MFU (0: the
     # start-up matmul measurement when precision=auto measured one on a CPU, else no MFU)
     watchdog_timeout_s: float = 0.0  # no completed step for this long -> dump stacks, exit 76 (0 = off)
+    watchdog_first_step_s: float = 600.0  # the limit before the first step (loader start-up, a rank that
+    # died during set-up leaves the others in streaming's shared-memory barrier); at least watchdog_timeout_s
     max_bad_steps: int = 5  # consecutive non-finite steps before rollback / stop
     sync_timing: bool = False  # synchronize the accelerator at phase boundaries (exact time/* on GPUs)
     straggler_interval: int = 50  # steps per window of per-rank figures (one small all-gather; 0 = off)

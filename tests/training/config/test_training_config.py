@@ -18,7 +18,10 @@ from training.config import loader as config_io
 from training.optim import lr_factor
 from training.precision import Capabilities, precision_problems
 
-SHIPPED = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))  # every config, found
+# every training config, found; configs/eval/ holds EVAL.yaml files, validated by the eval loader (below)
+_ALL = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+SHIPPED = [n for n in _ALL if not n.startswith("eval/")]
+EVAL_SHIPPED = [n for n in _ALL if n.startswith("eval/")]
 WORLD_SIZE = re.compile(r"^#\s*world_size:\s*(\d+)\s*$", re.M)  # a config's header may name its world size
 
 
@@ -36,6 +39,13 @@ def test_shipped_config_parses_and_validates(name):
     assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * cfg.dp_size(world)) == 0
     again = load_config(None, [])  # defaults alone also build
     assert again.model.preset == "debug"
+
+
+@pytest.mark.parametrize("name", EVAL_SHIPPED)
+def test_shipped_eval_config_parses_with_the_eval_loader(name):
+    from evaluation.harness_config import load_eval_config
+
+    assert load_eval_config(CONFIGS / name).tasks
 
 
 def test_metalm_1_3b_config_follows_the_paper():

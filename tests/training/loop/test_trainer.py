@@ -151,3 +151,24 @@ def test_low_precision_paths(tiny_data, tmp_path, precision):
         assert r["loss_scale"] is not None and r["loss_scale"] > 1  # dynamic loss scaling is on
     else:
         assert r["loss_scale"] is None
+
+
+def test_resume_exactly_at_the_end_of_an_epoch(tiny_data, tmp_path):
+    """Found by the chaos soak: a checkpoint at the last step of an epoch left a loader with nothing
+    left to give, and every restart failed. The resumed run must go on with the next epoch, exactly."""
+    # tiny_data: 256 pairs + 64 text samples = 320 samples = 40 steps of 8 at world size 1
+    common = [
+        "parallel.tp=1",
+        "train.micro_batch_size=8",
+        "train.global_batch_size=8",
+        "train.precision=fp32",
+        "data.batching=random",
+        "checkpoint.interval_steps=40",
+        "optim.decay=constant",
+        "optim.warmup_steps=0",
+    ]
+    [full] = run_ranks(1, _train, tiny_data, tmp_path / "full", common + ["train.steps=42"])
+    run_ranks(1, _train, tiny_data, tmp_path / "split", common + ["train.steps=40"])
+    [second] = run_ranks(1, _train, tiny_data, tmp_path / "split", common + ["train.steps=42"])
+    assert second["code"] == 0 and [s for s, _ in second["losses"]] == [41, 42]
+    assert second["losses"] == full["losses"][40:]
