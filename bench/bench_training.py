@@ -3,15 +3,21 @@
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_training.py [--steps 6] [--keep DIR]
 
 1. peak matmul FLOP/s of this machine in every precision (fp32, bf16, fp16), and the CPU model;
-2. `small` preset training at `train.precision: auto` (what the demo uses: bf16 where it is measured
+2. `small` preset training at `train.precision: auto` (or --precision; what the demo uses: bf16 where it is measured
    clearly faster, else fp32; full stack: DeepSpeed engine ZeRO-1, Megatron TP layers at TP=1, streaming
    loader, semi-causal batches; text stream, 4 x 512 tokens): MFU against the measured peak of the
    precision actually used (target >= 0.6);
-3. full-stack tokens/s / a plain PyTorch loop (same MetaLM maths and batches, torch AdamW, gradient
-   clipping, tensors already in memory; in bf16 the plain model is cast to bf16) (target >= 0.9);
+3. full-stack tokens/s / a plain PyTorch loop (same MetaLM maths and batches, torch AdamW (fused, as the
+   engine's), gradient clipping, tensors already in memory; in bf16 the plain model is cast to bf16)
+   (target >= 0.9);
 4. data pipeline samples/s with one loader worker / what the `metalm-1.3b` run consumes per GPU at
    40% MFU on an H100 (989 TFLOP/s bf16), per stream kind (target >= 3);
-5. peak memory of the rank vs. the ZeRO model-state formula for the same run.
+5. peak memory of the rank vs. the ZeRO model-state formula for the same run;
+6. image-text training steps (64 px pairs, `small`): tokens/s with token-budget micro-batches
+   (`data.micro_batch_tokens` = one text micro-batch's positions, --micro x 512) vs fixed 8-row micro-batches;
+7. the DeepSpeed step at world size 1 before / after the CPU-efficiency changes (before: torch AdamW
+   op by op, DeepSpeed's ZeRO defaults; after: fused AdamW, this repo's `train.zero` defaults): median
+   forward / backward / optimizer / whole step, alternating, both wall and process CPU seconds.
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ def build_data(d: Path) -> None:
     (d / "done").write_text("ok\n")
 
 
-def small_config(d: Path, run_dir: Path, micro: int):
+def small_config(d: Path, run_dir: Path, micro: int, *extra: str):
     from training.config import load_config
 
     return load_config(
@@ -147,6 +153,7 @@ def small_config(d: Path, run_dir: Path, micro: int):
             "data.shuffle=false",
             f"train.micro_batch_size={micro}",
             f"train.global_batch_size={micro}",
+            *extra,
         ],
     )
 
@@ -177,7 +184,8 @@ def plain_loop(
     from training import flops as F
 
     model.to(dtype)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.98))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), fused=True)  # the kernel the engine gets
     model.train()
 
     def step(b):
@@ -198,6 +206,102 @@ def plain_loop(
             (float((b.tokens != PAD_ID).sum()) + b.image_dest.numel(), F.batch_flops(model.cfg, b), dt)
         )
     return out
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def image_text_budget(d: Path, work: Path, topo, micro: int, steps: int, rounds: int, *extra: str) -> dict:
+    """6. Image-text steps (one micro-batch each): fixed 8 rows vs the token budget of one text micro-batch."""
+    from training.trainer import Trainer
+
+    pairs = [f"data.train=[{{path: {d / 'pairs-64'}}}]", "data.batching=per_stream", *extra]
+    budget = micro * 512
+    fixed = Trainer(small_config(d, work / "run-fixed8", 8, *pairs), topo)
+    tokened = Trainer(
+        small_config(d, work / "run-budget", 8, *pairs, f"data.micro_batch_tokens={budget}"), topo
+    )
+
+    def timed(trainer) -> list[tuple[float, float, float]]:
+        """(tokens, wall s, process CPU s) per step (the loader worker's CPU is not counted: it prefetches)."""
+        it = trainer.batches()
+        trainer.train_step(it)  # warm-up
+        out = []
+        for _ in range(steps):
+            c0 = time.process_time()
+            m = trainer.train_step(it)
+            out.append((m["tokens"], m["step_time"], time.process_time() - c0))
+        return out
+
+    runs: dict[str, list] = {"fixed": [], "budget": []}
+    for _ in range(rounds):  # alternate: the machine is shared
+        runs["fixed"] += timed(fixed)
+        runs["budget"] += timed(tokened)
+    rows = {"fixed": 8, "budget": tokened.train_loader.rows[0]}
+    out = {k: median([t / dt for t, dt, _ in v]) for k, v in runs.items()}
+    out.update({f"cpu_{k}": median([t / c for t, _, c in v]) for k, v in runs.items()})
+    out.update({f"rows_{k}": v for k, v in rows.items()})
+    out["tokens_fixed"] = median([t for t, _, _ in runs["fixed"]])
+    out["tokens_budget"] = median([t for t, _, _ in runs["budget"]])
+    out["micro_batch_tokens"] = budget
+    del fixed, tokened
+    gc.collect()
+    return out
+
+
+def step_phases(engine, batches: list, steps: int) -> list[tuple[float, ...]]:
+    """(forward, backward, optimizer) wall seconds and the same in process CPU seconds, per step."""
+    out = []
+    for i in range(steps):
+        b = batches[i % len(batches)]
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss = engine(b)
+        w1, c1 = time.perf_counter(), time.process_time()
+        engine.backward(loss)
+        w2, c2 = time.perf_counter(), time.process_time()
+        engine.step()
+        w3, c3 = time.perf_counter(), time.process_time()
+        out.append((w1 - w0, w2 - w1, w3 - w2, c1 - c0, c2 - c1, c3 - c2))
+    return out
+
+
+def optimizer_before_after(cfg, topo, batches: list, steps: int, rounds: int) -> dict:
+    """7. The same engine step before (torch AdamW op by op, DeepSpeed's ZeRO defaults) and after."""
+    from training.config import load_config
+    from training.engine import build_engine
+
+    def engine(*extra: str):
+        import dataclasses
+
+        over = load_config(None, list(extra))
+        c = dataclasses.replace(
+            cfg,
+            optim=dataclasses.replace(cfg.optim, fused=over.optim.fused),
+            train=dataclasses.replace(cfg.train, zero=over.train.zero),
+        )
+        return build_engine(c, topo)[0]
+
+    # before: what deepspeed_config gave (only the stage: DeepSpeed's defaults, overlap_comm off) + AdamW
+    engines = {"before": engine("optim.fused=never", "train.zero.overlap_comm=false"), "after": engine()}
+    for e in engines.values():  # warm-up (optimizer states allocated)
+        step_phases(e, batches, 1)
+    runs: dict[str, list] = {k: [] for k in engines}
+    for _ in range(rounds):
+        for k, e in engines.items():
+            runs[k] += step_phases(e, batches, steps)
+    kinds = {
+        k: type(e.basic_optimizer).__name__ + (" fused" if e.basic_optimizer.defaults.get("fused") else "")
+        for k, e in engines.items()
+    }
+    out = {
+        k: [median([r[j] for r in v]) for j in range(6)]
+        + [median([sum(r[:3]) for r in v]), median([sum(r[3:]) for r in v])]
+        for k, v in runs.items()
+    }
+    del engines
+    gc.collect()
+    return {"phases": out, "optimizers": kinds, "steps": len(runs["before"])}
 
 
 def loader_rate(cfg, topo, path: Path, micro: int, batches: int) -> float:
@@ -231,6 +335,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating full-stack / plain rounds")
     ap.add_argument("--micro", type=int, default=4, help="sequences of 512 tokens per step (small preset)")
     ap.add_argument("--keep", default="", help="data/run folder to keep (default: a temporary one)")
+    ap.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision of the runs"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_training_"))
@@ -241,12 +348,17 @@ def main() -> None:
     from training.precision import cpu_model_name
 
     print(f"cpu: {cpu_model_name()}")
+
     # the machine is shared: the fp32 peak is sampled before, between and after the training runs; the best
     # sample is the peak (so MFU is conservative). A precision slower than ~20 GFLOP/s at 256^3 (bf16/fp16 on
     # AVX2-only CPUs) is not measured at 2048^3 (one product would take seconds).
     def peak(dtype: torch.dtype) -> float:
         small = matmul_peak(dtype, 256, 1.0)
-        return small if small < 20e9 else max(small, matmul_peak(dtype, 1024, 2.0), matmul_peak(dtype, 2048, 2.0))
+        return (
+            small
+            if small < 20e9
+            else max(small, matmul_peak(dtype, 1024, 2.0), matmul_peak(dtype, 2048, 2.0))
+        )
 
     samples = {"fp32": [peak(torch.float32)], "bf16": [peak(torch.bfloat16)], "fp16": [peak(torch.float16)]}
 
@@ -260,14 +372,14 @@ def main() -> None:
     from training.model.metalm import MetaLM, count_parameters
     from training.trainer import Trainer
 
-    cfg = small_config(d, work / "run", args.micro)
+    cfg = small_config(d, work / "run", args.micro, f"train.precision={args.precision}")
     cfg.validate(1)
     topo = init_distributed(cfg.parallel)
     gc.collect()
     rss_before = rss_gib()
     trainer = Trainer(cfg, topo, load_tokenizer(cfg.data.tokenizer).sha256)
     used = trainer.cfg.train.precision  # train.precision=auto, resolved by the trainer
-    print(f"   train.precision=auto -> {used}: {trainer.precision.reason}")
+    print(f"   train.precision={args.precision} -> {used}: {trainer.precision.reason}")
     n_params = sum(p.numel() for p in trainer.engine.module.parameters())
     runs_full = full_stack(trainer, args.steps)
     rss_peak = rss_gib()
@@ -351,6 +463,29 @@ def main() -> None:
         f"{per_gpu_states:.2f} GiB model states (upper bound: frozen ViT layers have no grads/optimizer state); "
         f"one sample: {F.sample_flops_estimate(big, 2048, 0, 512) / 1e12:.1f} TFLOP (text) / "
         f"{F.sample_flops_estimate(big, big.image_slots + 23, 1) / 1e12:.1f} TFLOP (image-text)"
+    )
+
+    # 6. image-text steps: token-budget micro-batches vs fixed 8 rows
+    r = image_text_budget(d, work, topo, args.micro, args.steps, args.rounds, f"train.precision={used}")
+    print(
+        f"6. image-text steps (small, 64 px pairs, {used}, world size 1, one micro-batch per step; median of "
+        f"{args.steps * args.rounds} steps each, alternating): fixed {r['rows_fixed']} rows "
+        f"({r['tokens_fixed']:,.0f} positions incl. image slots) {r['fixed']:,.0f} tokens/s vs "
+        f"data.micro_batch_tokens={r['micro_batch_tokens']} -> {r['rows_budget']} rows ({r['tokens_budget']:,.0f} positions) "
+        f"{r['budget']:,.0f} tokens/s: ratio {r['budget'] / r['fixed']:.2f} (per process CPU second: "
+        f"{r['cpu_fixed']:,.0f} vs {r['cpu_budget']:,.0f}, ratio {r['cpu_budget'] / r['cpu_fixed']:.2f})"
+    )
+
+    # 7. the engine step before / after the CPU-efficiency changes (same model, batches, precision)
+    o = optimizer_before_after(trainer.cfg, topo, batches, args.steps, args.rounds)
+    b7, a7 = o["phases"]["before"], o["phases"]["after"]
+    print(
+        f"7. engine step at world size 1 ({used}, ZeRO-{cfg.train.zero_stage}, small, text {b.tokens.shape[0]} x "
+        f"{b.tokens.shape[1]}; median of {o['steps']} alternating steps), wall s forward/backward/optimizer/step: "
+        f"before ({o['optimizers']['before']}, DeepSpeed ZeRO defaults) {b7[0]:.3f}/{b7[1]:.3f}/{b7[2]:.3f}/{b7[6]:.3f}, "
+        f"after ({o['optimizers']['after']}, train.zero defaults) {a7[0]:.3f}/{a7[1]:.3f}/{a7[2]:.3f}/{a7[6]:.3f}: "
+        f"optimizer x{b7[2] / a7[2]:.2f}, step x{b7[6] / a7[6]:.2f}; process CPU s optimizer {b7[5]:.3f} -> "
+        f"{a7[5]:.3f}, step {b7[7]:.3f} -> {a7[7]:.3f}"
     )
 
 

@@ -14,6 +14,7 @@ class ParallelConfig:
     tp: int = 1  # tensor-parallel size (ranks that split each layer's heads / FFN / vocab)
     backend: str = "auto"  # torch.distributed backend: auto = nccl if CUDA is available else gloo
     timeout_minutes: float = 10  # process-group timeout for collectives (a hung rank fails after this)
+    sequence_parallel: bool = False  # Megatron sequence parallelism at tp>1 (refused for now: see checks)
     seed: int = 1234  # base seed: default RNG = seed + 100 * dp_rank, TP tracker = seed + 2718 + tp_rank (parallel/seeding.py)
 
     def problems(self, world_size: int | None = None) -> list[str]:

@@ -55,6 +55,8 @@ def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = Tru
             "parallelism; use train.zero_stage=1 or 2 with TP, or parallel.tp=1 with ZeRO-3"
         )
     p += precision_problems(t.precision)
+    p += _zero_problems(t.zero)
+    p += sequence_parallel_problems(cfg.parallel)
     o = cfg.optim
     if o.lr <= 0:
         p.append(f"optim.lr={o.lr} must be > 0")
@@ -83,6 +85,15 @@ def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = Tru
     if d.num_workers < 0:
         p.append(f"data.num_workers={d.num_workers} must be >= 0")
     p += _proportion_problems(d.train)
+    if d.micro_batch_tokens < 0:
+        p.append(
+            f"data.micro_batch_tokens={d.micro_batch_tokens} must be >= 0 (0 = off: micro_batch_size rows)"
+        )
+    elif d.micro_batch_tokens > 0 and d.batching != "per_stream":
+        p.append(
+            f"data.micro_batch_tokens={d.micro_batch_tokens} gives every stream its own rows per micro-batch, so "
+            f"each micro-batch holds one stream: set data.batching=per_stream (got {d.batching!r})"
+        )
     if cfg.eval.caption_samples < 0 or cfg.eval.batches < 0:
         p.append("eval.batches and eval.caption_samples must be >= 0")
     if check_data:
@@ -93,6 +104,50 @@ def config_problems(cfg: TrainingConfig, world_size: int, check_data: bool = Tru
 def _fields(section) -> list[tuple[str, float]]:
     """(name, value) of every field of a dataclass section."""
     return [(f.name, getattr(section, f.name)) for f in dataclasses.fields(section)]
+
+
+def _zero_problems(z) -> list[str]:
+    """train.zero: bucket sizes are element counts (> 0); the ZeRO-3 thresholds may be 0."""
+    p = []
+    for name in ("reduce_bucket_size", "allgather_bucket_size"):
+        if getattr(z, name) < 1:
+            p.append(f"train.zero.{name}={getattr(z, name)} must be >= 1 (elements; e.g. 500000000)")
+    for name in (
+        "stage3_prefetch_bucket_size",
+        "stage3_param_persistence_threshold",
+        "stage3_max_live_parameters",
+        "stage3_max_reuse_distance",
+    ):
+        if getattr(z, name) < 0:
+            p.append(f"train.zero.{name}={getattr(z, name)} must be >= 0")
+    return p
+
+
+def sequence_parallel_problems(par, on_gpu: bool | None = None) -> list[str]:
+    """parallel.sequence_parallel is refused, with the reason for this machine (`on_gpu` injects it)."""
+    if not par.sequence_parallel:
+        return []
+    if on_gpu is None:
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+    if par.tp < 2:
+        return [
+            f"parallel.sequence_parallel=true with parallel.tp={par.tp}: it splits the sequence across TP "
+            "ranks, so it needs parallel.tp >= 2; set parallel.sequence_parallel=false"
+        ]
+    if not on_gpu:
+        return [
+            "parallel.sequence_parallel=true cannot run on a CPU: megatron-core's sequence-parallel gathers and "
+            "reduce-scatters allocate on torch.cuda.current_device() (tensor_parallel/mappings.py, layers.py) "
+            "and its torch LayerNorm fallback refuses sequence parallelism without apex / Transformer Engine; "
+            "set parallel.sequence_parallel=false"
+        ]
+    return [
+        "parallel.sequence_parallel=true is not implemented in MetaLM's layers yet (batch-first activations; "
+        "it needs sequence-first layers, a sequence scatter/gather around each stack and a TP all-reduce of "
+        "the LayerNorm and bias gradients, which DeepSpeed does not do); set parallel.sequence_parallel=false"
+    ]
 
 
 def _proportion_problems(streams: list[StreamConfig]) -> list[str]:

@@ -6,6 +6,9 @@ consecutive global ranks of one TP group (Megatron's rank order) read identical 
 shared memory stays per process. JPEG decode, normalization, span sampling and padding all run in
 the loader workers (`get_item` + `collate`). `StreamingDataLoader.state_dict()` goes into
 trainer_state for exact mid-epoch resumption.
+
+With `data.micro_batch_tokens > 0` training reads each stream through its own StreamingDataset with
+its own rows per micro-batch, interleaved by a deterministic schedule (training/data/token_budget.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from PIL import Image
 
 from common.streaming_compat import ensure_streaming_importable
 from data_prep.shard_meta import split_images
-from training.data import finetune, semicausal
+from training.data import finetune, semicausal, token_budget
 from training.data.batch import Batch
 
 ensure_streaming_importable()  # the one precondition of `import streaming` on a CPU torch (no-op on CUDA)
@@ -170,11 +173,28 @@ class BatchLoader(StreamingDataLoader):
     """StreamingDataLoader yielding `Batch` (its sample count feeds the resumable state)."""
 
     def _get_batch_size(self, batch: Any) -> int:
-        return batch.batch_size if isinstance(batch, Batch) else super()._get_batch_size(batch)
+        # the samples this batch consumed (the resumable state counts samples): packed rows hold several
+        return batch.num_examples() if isinstance(batch, Batch) else super()._get_batch_size(batch)
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        if isinstance(obj, dict) and token_budget.STATE_KEY in obj:
+            raise ValueError(
+                "the checkpoint's data-loader state is from a run with data.micro_batch_tokens > 0; resume "
+                "with the run's data.micro_batch_tokens"
+            )
+        super().load_state_dict(obj)
+        # streaming ignores a resume state of an epoch before the one it presumes next (as stale): a rollback
+        # inside this process (its loader is past that epoch's start) would restart at a new epoch's first
+        # sample instead of the checkpoint's position. (-1: a state saved before this loader's first epoch.)
+        self.dataset.next_epoch = max(0, int(obj.get("epoch", 0)))
 
 
-def build_loader(data_cfg, model_cfg, topology, micro_batch_size: int, split: str = "train") -> BatchLoader:
-    """The loader for `split` ("train" or "val") on this rank; identical samples across one TP group."""
+def build_loader(data_cfg, model_cfg, topology, micro_batch_size: int, split: str = "train"):
+    """The loader for `split` ("train" or "val") on this rank; identical samples across one TP group.
+
+    Training with `data.micro_batch_tokens > 0`: a `TokenBudgetLoader` (one loader per stream, rows per
+    micro-batch from the token budget; training/data/token_budget.py); else one `BatchLoader` of
+    `micro_batch_size` rows over all streams (validation always)."""
     _quiet_expected_streaming_notices()
     if (
         topology.rank // topology.tp_size != topology.dp_rank
@@ -185,13 +205,20 @@ def build_loader(data_cfg, model_cfg, topology, micro_batch_size: int, split: st
             f"{topology.rank} tp_rank {topology.tp_rank} dp_rank {topology.dp_rank}"
         )
     cfgs = data_cfg.train if split == "train" else data_cfg.val
+    if split == "train" and data_cfg.micro_batch_tokens > 0:
+        return _token_budget_loader(data_cfg, model_cfg, topology)
     streams = [Stream(local=s.path, proportion=s.proportion if split == "train" else None) for s in cfgs]
-    spec = RowSpec.from_configs(data_cfg, model_cfg)
     train = split == "train"
+    return _stream_loader(data_cfg, model_cfg, topology, streams, micro_batch_size, train)
+
+
+def _stream_loader(data_cfg, model_cfg, topology, streams: list, rows: int, train: bool) -> BatchLoader:
+    """One StreamingDataset over `streams` (DP-partitioned, TP-replicated) and its loader of `rows`-row batches."""
+    spec = RowSpec.from_configs(data_cfg, model_cfg)
     ds = SemiCausalDataset(
         spec=spec,
         streams=streams,
-        batch_size=micro_batch_size,
+        batch_size=rows,
         shuffle=train and data_cfg.shuffle,
         shuffle_seed=data_cfg.shuffle_seed,
         batching_method=data_cfg.batching if train else "random",
@@ -201,13 +228,44 @@ def build_loader(data_cfg, model_cfg, topology, micro_batch_size: int, split: st
     workers = data_cfg.num_workers
     return BatchLoader(
         ds,
-        batch_size=micro_batch_size,
+        batch_size=rows,
         collate_fn=Collator(spec),
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         drop_last=True,
     )
+
+
+def stream_rows(data_cfg, model_cfg) -> list[tuple[str, int, int]]:
+    """(path, longest row's decoder positions, rows per micro-batch) of each training stream under
+    `data.micro_batch_tokens` (stats.json beside each shard set gives the row lengths)."""
+    from data_prep.shard_meta import read_shard_meta
+
+    out = []
+    for s in data_cfg.train:
+        row = token_budget.stream_row_tokens(
+            read_shard_meta(s.path), model_cfg.image_slots, model_cfg.max_seq_len
+        )
+        out.append((s.path, row, token_budget.rows_per_micro_batch(data_cfg.micro_batch_tokens, row)))
+    return out
+
+
+def _token_budget_loader(data_cfg, model_cfg, topology) -> token_budget.TokenBudgetLoader:
+    rows = stream_rows(data_cfg, model_cfg)
+    loaders = [
+        _stream_loader(data_cfg, model_cfg, topology, [Stream(local=path)], n, train=True)
+        for path, _, n in rows
+    ]
+    given = [s.proportion for s in data_cfg.train]
+    # proportion null: by stream size, as streaming does for one dataset over all streams
+    props = given if all(p is not None for p in given) else [float(ld.dataset.size) for ld in loaders]
+    log.info(
+        "data.micro_batch_tokens=%d: rows per micro-batch %s",
+        data_cfg.micro_batch_tokens,
+        ", ".join(f"{path} {n} (rows of <= {row} positions)" for path, row, n in rows),
+    )
+    return token_budget.TokenBudgetLoader(loaders, [n for _, _, n in rows], props, [p for p, _, _ in rows])
 
 
 def clean_stale_shared_memory() -> None:
