@@ -5,11 +5,15 @@
   resume time from process start to the first resumed step vs. to the first step of a fresh start,
          and the verify+load part of it (a real 2-rank `python -m training` job, debug model)
   preempt steps redone after SIGUSR1 + resume (target 0) and seconds from the signal to exit 75
+  async  training stall per save, `checkpoint.async_save` vs blocking, alternating in one run: the wall
+         time of the steps from the save until it is committed, minus the same number of steps' time
+         without a save (so the host copy, the commit and the slowdown of the steps by the background
+         writer all count), and the async / blocking ratio
 
 The save part runs a ZeRO-1 fp32 DeepSpeed engine around an MLP of --params parameters in one
 process (model states + fp32 master + two Adam moments: ~16 bytes per parameter on disk).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoint.py [--params 50e6] [--skip-jobs]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoint.py [--params 50e6] [--skip-jobs] [--only-async]
 """
 
 from __future__ import annotations
@@ -126,6 +130,65 @@ def _save_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
     }
 
 
+def _async_bench(rank, world, params: float, repeats: int, workdir: str) -> dict:
+    """Training stall of a blocking vs an async save of the same engine, alternating (ABBA order)."""
+    import statistics
+
+    import torch
+
+    from tests.training.checkpoint.toy_engine import init_gloo
+    from training.checkpoint import CheckpointConfig, CheckpointManager
+
+    init_gloo(rank, world)
+    import deepspeed
+
+    width = 2048
+    layers = max(1, int(params // (width * width)))
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cfg = {"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 1}, "steps_per_print": 1 << 30}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    x = torch.randn(8, width)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        loss = engine(x).square().mean()
+        engine.backward(loss)
+        engine.step()
+        return time.perf_counter() - t0
+
+    mgr = CheckpointManager(CheckpointConfig(keep_last=2, async_save=True), Path(workdir) / "run")
+    for _ in range(3):
+        step()
+    n = 0
+    out: dict[str, list] = {"blocking": [], "async": [], "async_capture": [], "async_steps": [], "step": []}
+    modes = ["blocking", "async", "async", "blocking"]
+    for i in range(repeats):
+        for mode in modes if i % 2 == 0 else modes[::-1]:
+            os.sync()
+            base = statistics.median(step() for _ in range(5))  # steps without a save, just before
+            out["step"].append(base)
+            n += 1
+            t0 = time.perf_counter()
+            mgr.save(engine, n, {"step": n}, blocking=mode == "blocking")
+            capture = time.perf_counter() - t0
+            steps = 0
+            while mgr.in_flight_step is not None:  # the steps that run while the files are written
+                step()
+                mgr.poll()
+                steps += 1
+            window = time.perf_counter() - t0
+            out[mode].append(window - steps * base)
+            if mode == "async":
+                out["async_capture"].append(capture)
+                out["async_steps"].append(steps)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "bytes": sum(f.stat().st_size for f in mgr.run_dir.checkpoint(n).iterdir()),
+        **out,
+    }
+
+
 def _job_bench(workdir: Path) -> dict:
     from tests.training.checkpoint.jobs import Job, logged_losses, make_data, overrides, run_id
 
@@ -173,13 +236,19 @@ def main() -> None:
     ap.add_argument(
         "--dir", default="", help="work folder on the disk to measure (default: a temp dir in /tmp)"
     )
-    ap.add_argument("--skip-jobs", action="store_true", help="only the save benchmark")
+    ap.add_argument("--skip-jobs", action="store_true", help="no training jobs (resume, preempt)")
+    ap.add_argument("--only-async", action="store_true", help="only the async-vs-blocking stall benchmark")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tests.distributed import run_ranks
 
     work = Path(tempfile.mkdtemp(prefix="bench_ckpt_", dir=args.dir or None))
     try:
+        if args.only_async:
+            _print_async(
+                run_ranks(1, _async_bench, args.params, args.repeats, str(work / "a"), timeout=1800)[0]
+            )
+            return
         (r,) = run_ranks(1, _save_bench, args.params, args.repeats, str(work / "save"), timeout=1800)
         ratio = r["raw_s"] / r["save_s"]
         gb = r["bytes"] / 1e9
@@ -203,6 +272,7 @@ def main() -> None:
             f"verify on resume (sizes + xxh3-128 of every file): {r['verify_s']:.2f} s "
             f"({gb / r['verify_s']:.2f} GB/s), ok={r['verify_ok']}"
         )
+        _print_async(run_ranks(1, _async_bench, args.params, args.repeats, str(work / "a"), timeout=1800)[0])
         if not args.skip_jobs:
             j = _job_bench(work / "jobs")
             print(
@@ -216,6 +286,26 @@ def main() -> None:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _print_async(a: dict) -> None:
+    import statistics
+
+    b, s = statistics.median(a["blocking"]), statistics.median(a["async"])
+    print(
+        f"async save: {a['params'] / 1e6:.1f}M params, {a['bytes'] / 1e9:.2f} GB per checkpoint; training stall "
+        f"per save (median of {len(a['async'])}): blocking {b:.2f} s, async {s:.2f} s "
+        f"(host copy {statistics.median(a['async_capture']):.2f} s, the write overlapped "
+        f"{statistics.median(a['async_steps']):.0f} steps of {statistics.median(a['step']):.2f} s): "
+        f"ratio async/blocking {s / b:.2f}"
+    )
+    print(
+        "  every save: blocking "
+        + " ".join(f"{t:.2f}" for t in a["blocking"])
+        + " s; async "
+        + " ".join(f"{t:.2f}" for t in a["async"])
+        + " s"
+    )
 
 
 if __name__ == "__main__":

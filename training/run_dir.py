@@ -11,6 +11,8 @@ Layout (README "Fault tolerance" and "Running on a cluster" describe the content
     RUN_DIR/logs/<name>_rank<r>.log  per-rank logs; logs/slurm-<job>.out, logs/sbatch-*.sh, logs/<launcher>-*/
                                      and logs/slurm-<job>/restart-<n>/ (LaunchLogs: exit/, ranks/, ...)
     RUN_DIR/hangs/rank<r>.txt        watchdog stack dumps
+    RUN_DIR/profile/                 torch.profiler traces (rank<r>_steps<a>-<b>.json) and CUDA memory snapshots
+    RUN_DIR/events.jsonl             notable events (loss spikes, stragglers), one JSON object per line
     RUN_DIR/../mlflow.db, ../mlartifacts   the default local MLflow store, shared by the runs of a folder
 """
 
@@ -107,6 +109,16 @@ class RunDir:
     @property
     def hangs(self) -> Path:
         return self.root / "hangs"
+
+    @property
+    def profile(self) -> Path:
+        """torch.profiler traces and CUDA memory snapshots (training/observability/profiler.py)."""
+        return self.root / "profile"
+
+    @property
+    def events(self) -> Path:
+        """events.jsonl: loss spikes, stragglers and what was done about them (rank 0 writes it)."""
+        return self.root / "events.jsonl"
 
     # ---- the default local MLflow store (beside the run: one store for the runs of a folder) ----
     @property

@@ -4,10 +4,14 @@ tracker = Tracker(cfg.tracking, uri, enabled=topology.is_main)
 run_id = tracker.start(run_id_from_checkpoint_or_None, params={...}, tags={...})
 tracker.log_metrics({"loss": 2.3, "lr": 1e-4}, step)     # buffered; sent with log_batch every flush()
 tracker.log_artifact(path); tracker.log_text(text, "captions/step_100.txt"); tracker.finish()
+
+events = EventLog(run_dir.events, tracker, enabled=topology.is_main)
+events.record("loss_spike", step, loss=9.1, action="skip")   # RUN_DIR/events.jsonl, MLflow artifact events.jsonl
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -156,6 +160,30 @@ class Tracker:
         self.flush()
         if self.active:
             self._call("end the run", self._client.set_terminated, self.run_id, status)
+
+
+class EventLog:
+    """Notable events of a run (loss spikes, stragglers): one JSON object per line in RUN_DIR/events.jsonl
+    (appended: a resumed job continues the file), re-logged as the MLflow artifact `events.jsonl` after
+    each event. Rank 0 only; never raises."""
+
+    def __init__(self, path: Path, tracker: Tracker, enabled: bool):
+        self.path = Path(path)
+        self.tracker = tracker
+        self.enabled = enabled
+
+    def record(self, kind: str, step: int, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps({"time": time.time(), "step": step, "kind": kind, **fields}, default=str)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            log.warning("could not append to %s: %s", self.path, e)
+            return
+        self.tracker.log_artifact(self.path)
 
 
 def _param_value(v: Any) -> str:

@@ -4,6 +4,7 @@ config.py       the `checkpoint:` config section
 manager.py      CheckpointManager: save / commit / prune / resume (the commit protocol)
 collectives.py  the protocol's collectives, on the topology's world group
 writer.py       DeepSpeed's checkpoint engine wrapped: each file fsynced and hashed as written
+async_save.py   checkpoint.async_save: host copy at the step, background write, commit at a later step
 manifest.py     MANIFEST.json: hashing, commit (MANIFEST, COMPLETE), verification
 layout.py       checkpoint folder names and listing (paths come from training.run_dir.RunDir)
 rng_state.py    every RNG state of a process, JSON-able

@@ -17,6 +17,7 @@ class CheckpointConfig:
     verify_hashes: bool = True  # hash-check files against the manifest on resume (sizes always checked)
     resume: str = "auto"  # "auto" (newest valid under RUN_DIR/checkpoints), "none", or a checkpoint directory
     load_weights_from: str = ""  # start from these weights (any TP/DP, fresh optimizer): an exported .safetensors or a checkpoint folder
+    async_save: bool = False  # copy the state to host memory at the step; write + commit in the background
 
     def problems(self) -> list[str]:
         out = []

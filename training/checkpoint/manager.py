@@ -16,6 +16,11 @@ rank 0's result, so no rank goes on believing a failed save succeeded. A failed 
 always passed explicitly. The collectives run on the topology's world group (collectives.py); the
 paths come from the run's `RunDir`.
 
+Async save (`checkpoint.async_save`, async_save.py): the same steps, but the shards are copied to host
+memory during DeepSpeed's save and written (with trainer_state.json) by a background thread; the
+agreement + commit runs later on the main thread of every rank: `poll()` at each step boundary (one
+all-reduce while a save is in flight) or `wait()` (next save, resume/rollback, preemption, end).
+
 Resume (collective): the newest checkpoint directory with COMPLETE whose manifest verifies (sizes
 always, content hashes unless `verify_hashes` is off; the ranks share the hashing) is loaded;
 damaged ones are reported by name and skipped. A checkpoint whose model shapes differ, or whose
@@ -37,6 +42,7 @@ import torch
 
 from common.errors import UserError
 from training.checkpoint import manifest
+from training.checkpoint.async_save import AsyncCheckpointWrite
 from training.checkpoint.collectives import Collectives
 from training.checkpoint.config import CheckpointConfig
 from training.checkpoint.layout import TRAINER_STATE, list_checkpoints, step_of
@@ -88,6 +94,9 @@ class CheckpointManager:
         self.last_saved_step: int | None = None
         self.last_save_seconds: float | None = None
         self.last_save_phases: dict[str, float] = {}  # seconds per phase of the last save (rank-local)
+        self.last_stall_seconds: float | None = None  # training time the last save() call took
+        self._inflight: AsyncCheckpointWrite | None = None  # async save being written
+        self._recorder = None  # the engine's RecordingCheckpointEngine (holds the async host buffers)
         self._deleter: threading.Thread | None = None  # background deletion of pruned checkpoints
         self.loaded_path: Path | None = None
 
@@ -103,21 +112,27 @@ class CheckpointManager:
         if self.cfg.interval_minutes > 0:
             elapsed = time.monotonic() - self._last_save_time
             due = bool(self.coll.broadcast(due or elapsed >= 60.0 * self.cfg.interval_minutes))
-        return due and step != self.last_saved_step
+        return due and step != self.last_saved_step and step != self.in_flight_step
 
     # -- save -----------------------------------------------------------------------------------
 
-    def save(self, engine, step: int, trainer_state: dict) -> Path:
+    def save(self, engine, step: int, trainer_state: dict, blocking: bool | None = None) -> Path:
         """COLLECTIVE. Write and commit checkpoint `step`; return its directory.
 
         Raises CheckpointSaveError on every rank when any rank failed to write; the partial
         directory is removed and `latest` and older checkpoints are untouched.
+        With `checkpoint.async_save` (and `blocking` not True) the state is copied to host memory and
+        written in the background: the checkpoint is committed later, by `poll()` / `wait()` (a save
+        still in flight is waited for first, here too).
         """
         t0 = time.monotonic()
         path = self.run_dir.checkpoint(step)
         tag = path.name
         rank = self.coll.rank
+        in_background = self.cfg.async_save if blocking is None else not blocking
 
+        if self._inflight is not None:  # the previous async save: committed (or failed) before a new one
+            self.wait()
         if step == self.last_saved_step:  # saved (or resumed from) by this process already: same on all ranks
             logger.info("checkpoint %s already committed; not saving it again", path)
             return path
@@ -127,51 +142,133 @@ class CheckpointManager:
         self.coll.barrier()
 
         recorder = install_recorder(engine, rank)
-        recorder.reset(step)
+        self._recorder = recorder
+        recorder.reset(step, capture=in_background)
         client_state = {UNIVERSAL_CHECKPOINT_INFO: universal_checkpoint_info(engine.module)}
-        engine.save_checkpoint(
-            str(self.run_dir.checkpoints), tag=tag, client_state=client_state, save_latest=False
-        )
+        try:
+            engine.save_checkpoint(
+                str(self.run_dir.checkpoints), tag=tag, client_state=client_state, save_latest=False
+            )
+        finally:
+            recorder.capture = False
         t_written = time.monotonic()
-        recorder.sync()
-        self.last_save_phases = {"write_s": t_written - t0, "fsync_and_hash_s": time.monotonic() - t_written}
+        if in_background:
+            self.last_save_phases = {"capture_s": t_written - t0}
+        else:
+            recorder.sync()
+            self.last_save_phases = {
+                "write_s": t_written - t0,
+                "fsync_and_hash_s": time.monotonic() - t_written,
+            }
 
         rng_states = self.coll.gather(capture_rng_state())
         error = recorder.error
+        small: dict[Path, bytes] = {}
         if rank == 0 and error is None:
-            state = dict(trainer_state)
-            state.setdefault("step", step)
-            state["rng"] = rng_states
-            state["world_size"] = self.coll.world
-            state["model_signature"] = model_signature(engine.module)
-            state["saved_at"] = time.time()
-            files = {TRAINER_STATE: json.dumps(state, indent=1).encode()}
-            run_config = self.run_dir.config_yaml
-            if run_config.is_file():  # the resolved config travels with the checkpoint (export, audits)
-                files[run_config.name] = run_config.read_bytes()
-            for name, data in files.items():
-                try:
-                    recorder.records[os.path.abspath(path / name)] = write_hashed(path / name, data)
-                except Exception as e:  # noqa: BLE001
-                    error = f"rank 0: writing {path / name}: {e}"
-                    break
+            small = self._trainer_files(path, step, trainer_state, rng_states, engine)
+        if in_background:
+            job = AsyncCheckpointWrite(
+                step,
+                path,
+                recorder.captured if error is None else [],
+                small,
+                getattr(recorder.inner, "zipfile_serialization", False),
+                rank,
+                t0,
+                recorder.host_pool.lease() if recorder.host_pool is not None else [],
+            )
+            recorder.captured = []
+            job.error = error
+            self._inflight = job
+            job.start()
+            self._last_save_time = time.monotonic()
+            self.last_stall_seconds = time.monotonic() - t0
+            logger.info(
+                "checkpoint %s: state copied to host memory in %.2fs; writing in the background",
+                tag,
+                self.last_stall_seconds,
+            )
+            return path
+        for p, data in small.items():
+            try:
+                recorder.records[os.path.abspath(p)] = write_hashed(p, data)
+            except Exception as e:  # noqa: BLE001
+                error = f"rank 0: writing {p}: {e}"
+                break
+        self._finish(path, step, error, recorder.records, t0)
+        self.last_stall_seconds = self.last_save_seconds
+        return path
+
+    def _trainer_files(self, path: Path, step: int, trainer_state: dict, rng_states: list, engine) -> dict:
+        """Rank 0: trainer_state.json (with every rank's RNG states) and the run's config.yaml, as bytes."""
+        state = dict(trainer_state)
+        state.setdefault("step", step)
+        state["rng"] = rng_states
+        state["world_size"] = self.coll.world
+        state["model_signature"] = model_signature(engine.module)
+        state["saved_at"] = time.time()
+        files = {path / TRAINER_STATE: json.dumps(state, indent=1).encode()}
+        run_config = self.run_dir.config_yaml
+        if run_config.is_file():  # the resolved config travels with the checkpoint (export, audits)
+            files[path / run_config.name] = run_config.read_bytes()
+        return files
+
+    def _finish(self, path: Path, step: int, error: str | None, records: dict, t0: float) -> None:
+        """COLLECTIVE. Agree that every rank wrote its files, then rank 0 commits; raise on every rank if not."""
         errors = [e for e in self.coll.gather(error) if e]
-        records = self.coll.gather(recorder.records) if not errors else []
+        records = self.coll.gather(records) if not errors else []
         fault_injection.ckpt_crash(step, "after_shards")
 
         result = None
-        if rank == 0:
+        if self.coll.rank == 0:
             t_commit = time.monotonic()
             result = self._commit(path, step, errors, records)
             self.last_save_phases["commit_and_prune_s"] = time.monotonic() - t_commit
         result = self.coll.broadcast(result)
         if result is not None:
             raise CheckpointSaveError(
-                f"checkpoint {tag} was not saved; previous checkpoints are intact: {result}"
+                f"checkpoint {path.name} was not saved; previous checkpoints are intact: {result}"
             )
         self._saved(step, t0)
         logger.info("checkpoint %s committed in %.2fs", path, self.last_save_seconds)
-        return path
+
+    # -- async saves ------------------------------------------------------------------------------
+
+    def _give_back(self, job: AsyncCheckpointWrite) -> None:
+        """The written job's host buffers serve the next async save (the thread holds no reference now)."""
+        ce = self._recorder
+        if ce is not None and ce.host_pool is not None:
+            ce.host_pool.give_back(job.buffers)
+        job.buffers = []
+
+    @property
+    def in_flight_step(self) -> int | None:
+        """The step of the async save being written, None when none is."""
+        return self._inflight.step if self._inflight is not None else None
+
+    def poll(self) -> Path | None:
+        """COLLECTIVE while an async save is in flight (a no-op otherwise; the same on every rank):
+        commit it when every rank's writer is done. Returns the committed directory, else None."""
+        job = self._inflight
+        if job is None or not self.coll.all_true(job.done()):
+            return None
+        return self.wait()
+
+    def wait(self) -> Path | None:
+        """COLLECTIVE while an async save is in flight (a no-op otherwise): wait for every rank's writer,
+        then commit (or raise CheckpointSaveError on every rank). Returns the committed directory."""
+        job, self._inflight = self._inflight, None
+        if job is None:
+            return None
+        if not job.done():
+            t = time.monotonic()
+            job.join()
+            logger.info("waited %.2fs for the background write of %s", time.monotonic() - t, job.path.name)
+        job.join()
+        self._give_back(job)
+        self.last_save_phases["background_write_s"] = job.seconds or 0.0
+        self._finish(job.path, job.step, job.error, job.records, job.t0)
+        return job.path
 
     def _clear_way(self, step: int) -> None:
         """Rank 0, before writing checkpoint `step`: move aside what is in its way or now stale.
@@ -289,20 +386,29 @@ class CheckpointManager:
         mine = manifest.verify_files(path, mf, self.cfg.verify_hashes, self.coll.rank, self.coll.world)
         return sorted(p for part in self.coll.gather(mine) for p in part)
 
-    def resume(self, engine, expect: dict[str, Any] | None = None, newest: bool = False) -> dict | None:
+    def resume(
+        self,
+        engine,
+        expect: dict[str, Any] | None = None,
+        newest: bool = False,
+        max_step: int | None = None,
+    ) -> dict | None:
         """COLLECTIVE. Load the newest valid checkpoint into `engine`; return its trainer_state, or None.
 
         `expect` (optional): trainer_state entries that must match the checkpoint's where both have
         them (e.g. {"tokenizer": <hash>, "vocab_size": 32000}); a mismatch is a UserError.
-        `newest=True` (rollback after bad steps): the newest valid one under RUN_DIR/checkpoints,
-        whatever `resume` says.
+        `newest=True` (rollback after bad steps or a loss spike): the newest valid one under
+        RUN_DIR/checkpoints, whatever `resume` says; `max_step`: of those, the newest at or before it.
         """
+        self.wait()  # an async save in flight is committed (or fails) before anything is loaded
         mode = "auto" if newest else self.cfg.resume
         if mode == "none":
             return None
         if mode == "auto":
             root = self.run_dir.checkpoints
             candidates = list_checkpoints(root)
+            if max_step is not None:
+                candidates = [p for p in candidates if step_of(p) <= max_step]
             if not candidates:
                 logger.info("no checkpoint under %s: starting from scratch", root)
                 return None

@@ -44,18 +44,34 @@ class RecordingCheckpointEngine:
         self._pool = None
         self._pending: dict[str, Any] = {}
         self._flushers: list[_Flusher] = []
+        self.capture = False  # async save: keep (host copy of state_dict, path) instead of writing
+        self.captured: list[tuple[Any, str]] = []
+        self.host_pool = None  # async_save.HostBufferPool, made by the first capture
 
-    def reset(self, step: int) -> None:
-        """Start recording the files of checkpoint `step`."""
+    def reset(self, step: int, capture: bool = False) -> None:
+        """Start recording the files of checkpoint `step` (`capture`: copy them to host memory only)."""
         self.records, self.error, self.step = {}, None, step
         self._pending.clear()
         self._flushers.clear()
+        self.capture, self.captured = capture, []
 
     def save(self, state_dict, path: str) -> None:
         if self.error is not None:
             return
+        if self.capture:  # async save: the background writer writes it (async_save.AsyncCheckpointWrite)
+            try:
+                from training.checkpoint.async_save import HostBufferPool, host_copy
+
+                if self.host_pool is None:
+                    self.host_pool = HostBufferPool()
+                self.captured.append((host_copy(state_dict, self.host_pool), path))
+            except Exception as e:  # noqa: BLE001 - see class docstring
+                self.error = f"rank {self.rank}: copying the state of {path} to host memory: {e}"
+                logger.error("checkpoint capture failed: %s", self.error)
+            return
         try:
             fault_injection.ckpt_enospc(self.step)
+            fault_injection.ckpt_slow_write()
             from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
             if type(self.inner) is not TorchCheckpointEngine:
@@ -75,6 +91,7 @@ class RecordingCheckpointEngine:
             finally:
                 flusher.stop.set()
             self._start_seal(os.path.abspath(path))  # synchronous engine: the file is complete now
+            fault_injection.ckpt_crash(self.step, "during_write")
         except Exception as e:  # noqa: BLE001 - see class docstring
             self.error = f"rank {self.rank}: writing {path}: {e}"
             logger.error("checkpoint write failed: %s", self.error)

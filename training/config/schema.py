@@ -207,9 +207,22 @@ class TrainingConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Hash of the resolved config minus what may change across a resume (steps, intervals, resume)."""
+        """Hash of the resolved config minus what may change across a resume without changing the maths
+        (steps, resume, logging, profiling, timing, straggler watching, evaluation hooks)."""
         d = self.to_dict()
-        for sec, key in [("train", "steps"), ("checkpoint", "resume"), ("train", "log_interval")]:
+        d.pop("profile", None)
+        for sec, key in [
+            ("train", "steps"),
+            ("checkpoint", "resume"),
+            ("train", "log_interval"),
+            ("train", "sync_timing"),
+            ("train", "straggler_interval"),
+            ("train", "straggler_factor"),
+            ("train", "straggler_windows"),
+            ("eval", "harness"),
+            ("eval", "harness_interval_steps"),
+            ("eval", "harness_overrides"),
+        ]:
             d.get(sec, {}).pop(key, None)
         return hashlib.sha256(json.dumps(_canonical(d), sort_keys=True).encode()).hexdigest()[:16]
 

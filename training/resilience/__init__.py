@@ -1,3 +1,3 @@
 """What keeps a long job alive or stops it cleanly: preemption signals (`preemption`), the hang
-watchdog (`watchdog`), the non-finite step guard (`bad_steps`) and the test-only fault hooks
-(`fault_injection`)."""
+watchdog (`watchdog`), the non-finite step guard (`bad_steps`), the loss-spike policy (`loss_spike`)
+and the test-only fault hooks (`fault_injection`)."""

@@ -207,9 +207,15 @@ def test_config_problems_named():
         interval_steps=-1, keep_last=1, resume="/nope", load_weights_from="/x.bin"
     ).problems()
     text = "\n".join(problems)
-    for key in ("interval_steps", "keep_last", "checkpoint.resume", "load_weights_from"):
+    for key in ("interval_steps", "keep_last", "checkpoint.resume"):
         assert key in text
     assert CheckpointConfig().problems() == []
+    # load_weights_from is checked with the data (it must exist and match the run): see
+    # training/config/checks.py::starting_model_problems
+    from training.checkpoint.exported_weights import describe_source
+
+    with pytest.raises(UserError, match="load_weights_from='/x.bin': no such file"):
+        describe_source("/x.bin")
 
 
 def _full_optimizer_state(eng) -> dict:
