@@ -12,10 +12,7 @@ here), profiler window, preemption check.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import logging
-import os
 import resource
 import socket
 import time
@@ -45,11 +42,13 @@ from training.resilience import loss_spike as spike_policy
 from training.resilience.bad_steps import ROLLBACK, BadStepGuard, TooManyBadSteps
 from training.resilience.loss_spike import LossSpikeDetector, LossSpikeStop
 from training.tracking import EventLog, Tracker
+from training.trainer_evaluation import EvaluationSteps
+from training.trainer_tracking import TrackingSteps
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(EvaluationSteps, TrackingSteps):
     """Owns the engine, the loaders, checkpoints and tracking of one training job."""
 
     def __init__(self, cfg: TrainingConfig, topology, tokenizer_sha256: str | None = None, preemption=None):
@@ -380,72 +379,7 @@ class Trainer:
             self.ckpt.wait()  # an async save still in flight is committed before the job ends
         self.tracker.flush()
 
-    # ---- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self) -> float | None:
-        """Mean loss per loss token over `eval.batches` held-out micro-batches per DP rank."""
-        if self.val_loader is None:
-            return None
-        self.engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)
-        for i, batch in enumerate(self.val_loader):
-            if i >= self.cfg.eval.batches:
-                break
-            batch = self.to_device(batch)
-            total += torch.tensor(
-                [float(self.engine(batch, reduction="sum")), batch.num_loss_tokens()], dtype=torch.float64
-            )
-        self.engine.train()
-        total = self.dp_sum(total)
-        val = float(total[0] / total[1].clamp(min=1))
-        log.info("step %d: validation loss %.4f (%d tokens)", self.step, val, int(total[1]))
-        self.tracker.log_metrics({"val_loss": val}, self.step)
-        self.tracker.flush()
-        return val
-
-    @torch.no_grad()
-    def caption_samples(self, n: int) -> list[dict]:
-        """Greedy captions for the first n held-out images (same images on every rank; all ranks run)."""
-        from training.data.held_out import held_out_pairs
-
-        pairs = held_out_pairs(self.cfg, n)
-        if not pairs:
-            return []
-        images = torch.stack([p["image"] for p in pairs]).to(self.topo.device, self.dtype)
-        self.engine.eval()
-        try:
-            with self.full_parameters():
-                out = self.engine.module.generate(images, max_new_tokens=self.cfg.eval.caption_max_new_tokens)
-        finally:
-            self.engine.train()
-        return [{"key": p["key"], "true": p["caption"], "ids": ids} for p, ids in zip(pairs, out)]
-
-    def log_captions(self) -> None:
-        from training.config.tokenizer import run_tokenizer
-
-        samples = self.caption_samples(self.cfg.eval.caption_samples)
-        if self.topo.rank != 0 or not samples:
-            return
-        tok = run_tokenizer(self.cfg.data.tokenizer)
-        lines = [f"{s['key']}\ttrue: {s['true']}\tgenerated: {tok.decode(s['ids'])}" for s in samples]
-        text = "\n".join(lines) + "\n"
-        log.info("step %d caption samples:\n%s", self.step, text)
-        self.tracker.log_text(text, f"captions/step_{self.step:08d}.txt")
-
-    def eval_harness(self):
-        """The eval.harness benchmarks (evaluation/hook.py TrainingHook, built once). THE one place the training
-        loop reaches `evaluation`: imported here, late, never at module level (evaluation imports training)."""
-        if self._harness is None:
-            self._harness = importlib.import_module("evaluation.hook").TrainingHook(self.cfg, self.topo)
-        return self._harness
-
-    def run_eval_harness(self) -> None:
-        """COLLECTIVE (all ranks): eval.harness on the current weights, MLflow eval/<task>/<metric> at this step.
-        ZeRO-3: inside one parameter gather; every DP rank makes the same model calls (the harness pads)."""
-        with self.not_a_hang(), self.full_parameters():
-            self.eval_harness().run(self.engine.module, self.step, self.tracker)
-
-    # ---- checkpoints and tracking -------------------------------------------------------------
+    # ---- checkpoints (evaluation: trainer_evaluation.py; tracking and policies: trainer_tracking.py) -------------------------------------------------------------
     def trainer_state(self) -> dict:
         return {
             "step": self.step,
@@ -478,88 +412,6 @@ class Trainer:
                 f"non-finite steps in a row at step {self.step} and no checkpoint to roll back "
                 "to: lower optim.lr or check the data"
             )
-
-    def on_loss_spike(self, spike, skipped: bool) -> bool:
-        """A confirmed loss spike: recorded (MLflow loss_spike/*, events.jsonl), then the configured
-        response; True when the run rolled back (the caller restarts its batches)."""
-        action = self.cfg.train.loss_spike.action
-        rec = spike.record()
-        rec.pop("step")
-        self.tracker.log_metrics(
-            {
-                "loss_spike/loss": spike.loss,
-                "loss_spike/threshold": spike.threshold,
-                "loss_spike/ema_mean": spike.mean,
-                "loss_spike/ratio": rec["ratio"],
-                "loss_spike/events": float(self.spikes.events),
-                "loss_spike/skipped_update": float(skipped),
-            },
-            self.step,
-        )
-        self.events.record("loss_spike", self.step, action=action, skipped_update=skipped, **rec)
-        if action == spike_policy.STOP:
-            raise LossSpikeStop(
-                f"loss spike at step {self.step}: {spike.loss:.4f} > {spike.threshold:.4f} (EMA mean "
-                f"{spike.mean:.4f}) for {spike.run} step(s) in a row, train.loss_spike.action=stop. Resume "
-                "from the last checkpoint with a lower optim.lr, or another action (log|skip|rollback)."
-            )
-        if action != spike_policy.ROLLBACK:
-            return False
-        first = spike.first_step
-        if self.spikes.rollbacks >= self.cfg.train.loss_spike.max_rollbacks:
-            raise LossSpikeStop(
-                f"loss spike at step {self.step} after {self.spikes.rollbacks} rollback(s) for spikes "
-                "(train.loss_spike.max_rollbacks): the run does not recover by skipping data; lower optim.lr"
-            )
-        self.spikes.rollbacks += 1
-        if self.resume(newest=True, max_step=first - 1) is None:
-            raise LossSpikeStop(
-                f"loss spike at step {self.step}: no valid checkpoint from before step {first} to roll back "
-                "to (checkpoint.interval_steps); stopping"
-            )
-        self.data_skips[first] = spike.run
-        log.warning(
-            "loss spike: rolled back to step %d; the data of steps %d-%d will be skipped",
-            self.step,
-            first,
-            spike.step,
-        )
-        self.events.record(
-            "loss_spike_rollback", spike.step, to_step=self.step, skip_data_of_steps=[first, spike.step]
-        )
-        return True
-
-    def log_stragglers(self, report) -> None:
-        """Per-rank figures of a window to MLflow; a newly named straggler as tags, text and an event."""
-        self.tracker.log_metrics(report.metrics(), self.step)
-        for fig in report.named:
-            self.tracker.set_tags({"straggler.rank": fig.rank, "straggler.host": fig.host})
-            self.tracker.log_text(report.table(), f"stragglers/step_{self.step:08d}.txt")
-            self.events.record(
-                "straggler",
-                self.step,
-                rank=fig.rank,
-                host=fig.host,
-                ratio=round(fig.ratio, 4),
-                windows=fig.windows,
-                local_time_s=fig.local_time,
-                step_time_s=fig.step_time,
-                data_wait_s=fig.data_wait,
-            )
-
-    def publish_profile(self) -> None:
-        """COLLECTIVE after the profiled window: memory snapshots, then rank 0 logs the traces it can see
-        (all of them on a shared file system) as MLflow artifacts under profile/."""
-        last = self.profiler.last
-        if self.cfg.profile.memory_snapshot:
-            self.memory.dump(last, "profile_window")
-        with self.not_a_hang():
-            self.coll.barrier()  # every traced rank has written its files
-        if self.topo.rank == 0:
-            for p in sorted(self.run_dir.profile.glob(f"rank*_steps*-{last}.json")) + sorted(
-                self.run_dir.profile.glob(f"memory_rank*_step{last}_*.pickle")
-            ):
-                self.tracker.log_artifact(p, "profile")
 
     def resume(self, newest: bool = False, max_step: int | None = None) -> dict | None:
         expect = {"vocab_size": self.cfg.model.vocab_size}
@@ -594,53 +446,6 @@ class Trainer:
             )
         log.info("resumed at step %d (%d samples consumed)", self.step, self.consumed_samples)
         return state
-
-    def start_tracking(self) -> None:
-        from training.config import loader as config_io
-
-        t = self.topo
-        tags = {
-            "parallel.layout": f"tp{t.tp_size}xdp{t.dp_size}",
-            "parallel.world_size": t.world_size,
-            "zero_stage": self.cfg.train.zero_stage,
-            "precision": self.cfg.train.precision,
-            "precision_reason": self.precision.reason,
-            "git_commit": git_commit(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-            "run_dir": str(self.run_dir.root.resolve()),
-            "config_hash": self.cfg.hash(),
-        }
-        if self.cfg.checkpoint.load_weights_from:  # a finetuning stage records the model it started from
-            from training.checkpoint.exported_weights import describe_source
-
-            parent = describe_source(self.cfg.checkpoint.load_weights_from)
-            tags.update(
-                {
-                    "parent_model": str(Path(parent["path"]).resolve()),
-                    "parent_kind": parent["kind"],
-                    "parent_step": str(parent.get("step")),
-                    "parent_run_id": parent.get("mlflow_run_id") or "",
-                }
-            )
-        resumed_id = self.tracker.run_id
-        self.tracker.run_id = None
-        params = {**config_io.flatten(self.cfg.to_dict()), **self.precision.mlflow_params()}
-        run_id = self.tracker.start(resumed_id, params, tags)
-        if run_id:  # where to find the run (printed by scripts/demo.sh)
-            info = {
-                "tracking_uri": self.tracker.uri,
-                "experiment": self.cfg.tracking.experiment,
-                "run_id": run_id,
-                "precision": self.cfg.train.precision,
-                "precision_reason": self.precision.reason,
-            }
-            self.run_dir.mlflow_run.write_text(json.dumps(info, indent=1) + "\n")
-        if run_id and resumed_id != run_id:
-            for path in (self.run_dir.config_yaml, self.run_dir.ds_config):
-                if path.is_file():
-                    self.tracker.log_artifact(path)
-            if Path(self.cfg.data.tokenizer).is_dir():
-                self.tracker.log_artifact(self.cfg.data.tokenizer, "tokenizer")
 
     # ---- helpers ------------------------------------------------------------------------------
     def full_parameters(self):
@@ -683,18 +488,3 @@ def peak_memory_gb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
