@@ -74,3 +74,60 @@ def id_type_hint(missing: Any, known: Container) -> str:
         kind = "a string" if isinstance(missing, str) else "an integer"
         return f" (it is {kind} here but {other!r} exists there: make the id types match)"
     return ""
+
+
+def describe(value: Any) -> str:
+    """How a JSON value reads in an error message."""
+    return {dict: "a JSON object", list: "a JSON list", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def check_results(
+    data: Any,
+    name: str,
+    problems: Problems,
+    *,
+    id_key: str,
+    text_key: str,
+    fmt: str,
+    swapped_keys: tuple[str, ...],
+    duplicate_fix: str,
+) -> dict:
+    """A results file (`[{id_key, text_key}]`, COCO / VQA results format) -> {id: text}; every problem
+    (wrong shape, empty, bad entries, duplicate ids) is added to `problems`, naming the file and entry."""
+    if not isinstance(data, list):
+        hint = ""
+        if isinstance(data, dict) and any(k in data for k in swapped_keys):
+            what = "/".join(swapped_keys)
+            hint = f" (it looks like {'an' if what[0] in 'aeiou' else 'a'} {what} file: are the arguments swapped?)"
+        problems.add(
+            f"predictions file {name} must be a JSON list of {{'{id_key}', '{text_key}'}} objects "
+            f"({fmt} format), not {describe(data)}{hint}"
+        )
+        return {}
+    if not data:
+        problems.add(f"predictions file {name} is an empty list: there is nothing to score")
+        return {}
+    out: dict = {}
+    first_index: dict = {}
+    for i, entry in enumerate(data):
+        where = f"predictions file {name}, entry {i}"
+        if not isinstance(entry, dict):
+            problems.add(f"{where} is {describe(entry)}, expected an object with '{id_key}' and '{text_key}'")
+            continue
+        key, text = entry.get(id_key), entry.get(text_key)
+        if not is_id(key):
+            problems.add(f"{where}: '{id_key}' must be an integer or string, got {key!r}")
+            continue
+        if not isinstance(text, str):
+            problems.add(f"{where} ({id_key} {key!r}): '{text_key}' must be a string, got {text!r}")
+            continue
+        if key in first_index:
+            problems.add(
+                f"{where}: duplicate {id_key} {key!r} (also entry {first_index[key]}); {duplicate_fix}"
+            )
+            continue
+        first_index[key] = i
+        out[key] = text
+    return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.inputs import Problems, id_type_hint, is_id, load_json
+from evaluation.inputs import Problems, check_results, describe, id_type_hint, is_id, load_json
 from evaluation.metrics.bleu import corpus_bleu
 from evaluation.metrics.caption_tokenize import tokenize_caption
 from evaluation.metrics.cider import cider_d
@@ -41,52 +41,21 @@ class CaptionSet:
     num_missing: int  # annotated images (with captions) that have no prediction
 
 
-def _describe(value: Any) -> str:
-    return {dict: "a JSON object", list: "a JSON list", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _is_object_with_list(data: Any, key: str) -> bool:
     return isinstance(data, dict) and isinstance(data.get(key), list)
 
 
 def _check_predictions(data: Any, name: str, problems: Problems) -> dict[Hashable, str]:
-    if not isinstance(data, list):
-        hint = ""
-        if isinstance(data, dict) and "annotations" in data:
-            hint = " (it looks like an annotations file: are --predictions and --annotations swapped?)"
-        problems.add(
-            f"predictions file {name} must be a JSON list of {{'image_id', 'caption'}} objects "
-            f"(COCO results format), not {_describe(data)}{hint}"
-        )
-        return {}
-    if not data:
-        problems.add(f"predictions file {name} is an empty list: there is nothing to score")
-        return {}
-    predictions: dict[Hashable, str] = {}
-    first_index: dict[Hashable, int] = {}
-    for i, entry in enumerate(data):
-        where = f"predictions file {name}, entry {i}"
-        if not isinstance(entry, dict):
-            problems.add(f"{where} is {_describe(entry)}, expected an object with 'image_id' and 'caption'")
-            continue
-        image_id, caption = entry.get("image_id"), entry.get("caption")
-        if not is_id(image_id):
-            problems.add(f"{where}: 'image_id' must be an integer or string, got {image_id!r}")
-            continue
-        if not isinstance(caption, str):
-            problems.add(f"{where} (image_id {image_id!r}): 'caption' must be a string, got {caption!r}")
-            continue
-        if image_id in first_index:
-            problems.add(
-                f"{where}: duplicate image_id {image_id!r} (also entry {first_index[image_id]}); "
-                "coco-caption scores exactly one caption per image: keep one"
-            )
-            continue
-        first_index[image_id] = i
-        predictions[image_id] = caption
-    return predictions
+    return check_results(
+        data,
+        name,
+        problems,
+        id_key="image_id",
+        text_key="caption",
+        fmt="COCO results",
+        swapped_keys=("annotations",),
+        duplicate_fix="coco-caption scores exactly one caption per image: keep one",
+    )
 
 
 def _check_annotations(data: Any, name: str, problems: Problems) -> tuple[dict[Hashable, list[str]], set]:
@@ -94,14 +63,14 @@ def _check_annotations(data: Any, name: str, problems: Problems) -> tuple[dict[H
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         problems.add(
             f"annotations file {name} must be a JSON object with an 'annotations' list of "
-            f"{{'image_id', 'caption'}} objects (COCO captions format), not {_describe(data)}"
+            f"{{'image_id', 'caption'}} objects (COCO captions format), not {describe(data)}"
             + (" without an 'annotations' list" if isinstance(data, dict) else "")
         )
         return {}, set()
     images = data.get("images", [])
     image_ids: set = set()
     if not isinstance(images, list):
-        problems.add(f"annotations file {name}: 'images' must be a list, not {_describe(images)}")
+        problems.add(f"annotations file {name}: 'images' must be a list, not {describe(images)}")
     else:
         for i, image in enumerate(images):
             if isinstance(image, dict) and is_id(image.get("id")):
@@ -112,7 +81,7 @@ def _check_annotations(data: Any, name: str, problems: Problems) -> tuple[dict[H
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations file {name}, annotations[{i}]"
         if not isinstance(ann, dict):
-            problems.add(f"{where} is {_describe(ann)}, expected an object with 'image_id' and 'caption'")
+            problems.add(f"{where} is {describe(ann)}, expected an object with 'image_id' and 'caption'")
             continue
         image_id, caption = ann.get("image_id"), ann.get("caption")
         if not is_id(image_id):

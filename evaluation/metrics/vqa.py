@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.inputs import Problems, id_type_hint, is_id, load_json
+from evaluation.inputs import Problems, check_results, describe, id_type_hint, is_id, load_json
 from evaluation.metrics.vqa_normalize import normalize_answer, strip_answer
 
 log = logging.getLogger(__name__)
@@ -99,48 +99,17 @@ def score_vqa(predictions: Mapping[Hashable, str], annotations: Mapping[Hashable
     }
 
 
-def _describe(value: Any) -> str:
-    return {dict: "a JSON object", list: "a JSON list", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _check_predictions(data: Any, name: str, problems: Problems) -> dict[Hashable, str]:
-    if not isinstance(data, list):
-        hint = ""
-        if isinstance(data, dict) and ("annotations" in data or "questions" in data):
-            hint = " (it looks like a questions/annotations file: are the arguments swapped?)"
-        problems.add(
-            f"predictions file {name} must be a JSON list of {{'question_id', 'answer'}} objects "
-            f"(VQA results format), not {_describe(data)}{hint}"
-        )
-        return {}
-    if not data:
-        problems.add(f"predictions file {name} is an empty list: there is nothing to score")
-        return {}
-    predictions: dict[Hashable, str] = {}
-    first_index: dict[Hashable, int] = {}
-    for i, entry in enumerate(data):
-        where = f"predictions file {name}, entry {i}"
-        if not isinstance(entry, dict):
-            problems.add(f"{where} is {_describe(entry)}, expected an object with 'question_id' and 'answer'")
-            continue
-        question_id, answer = entry.get("question_id"), entry.get("answer")
-        if not is_id(question_id):
-            problems.add(f"{where}: 'question_id' must be an integer or string, got {question_id!r}")
-            continue
-        if not isinstance(answer, str):
-            problems.add(f"{where} (question_id {question_id!r}): 'answer' must be a string, got {answer!r}")
-            continue
-        if question_id in first_index:
-            problems.add(
-                f"{where}: duplicate question_id {question_id!r} (also entry {first_index[question_id]}); "
-                "give exactly one answer per question"
-            )
-            continue
-        first_index[question_id] = i
-        predictions[question_id] = answer
-    return predictions
+    return check_results(
+        data,
+        name,
+        problems,
+        id_key="question_id",
+        text_key="answer",
+        fmt="VQA results",
+        swapped_keys=("questions", "annotations"),
+        duplicate_fix="give exactly one answer per question",
+    )
 
 
 def _check_questions(data: Any, name: str, problems: Problems) -> dict[Hashable, Any]:
@@ -148,7 +117,7 @@ def _check_questions(data: Any, name: str, problems: Problems) -> dict[Hashable,
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         problems.add(
             f"questions file {name} must be a JSON object with a 'questions' list "
-            f"(VQA questions format), not {_describe(data)}"
+            f"(VQA questions format), not {describe(data)}"
             + (" without a 'questions' list" if isinstance(data, dict) else "")
         )
         return {}
@@ -186,7 +155,7 @@ def _check_annotations(
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         problems.add(
             f"annotations file {name} must be a JSON object with an 'annotations' list "
-            f"(VQA annotations format), not {_describe(data)}"
+            f"(VQA annotations format), not {describe(data)}"
             + (" without an 'annotations' list" if isinstance(data, dict) else "")
         )
         return {}, {}

@@ -300,7 +300,7 @@ def test_training_reaches_evaluation_in_one_place_only():
     ]
     assert hits == [
         (
-            "training/trainer.py",
+            "training/trainer_evaluation.py",
             'self._harness = importlib.import_module("evaluation.hook").TrainingHook(self.cfg, self.topo)',
         )
     ]
