@@ -218,8 +218,8 @@ def test_demo_data_script(tmp_path):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("hashes and schema verified") == 4
-    for name in ("pairs-train", "pairs-val", "text-train", "text-val"):
+    assert r.stdout.count("hashes and schema verified") == 6
+    for name in ("pairs-train", "pairs-val", "text-train", "text-val", "tasks-train", "tasks-val"):
         assert (out / "shards" / name / "stats.json").is_file()
     assert not (out / "shards" / "pairs-train" / "old").exists()
     assert (out / "tokenizer" / "tokenizer.model").is_file() and len(
