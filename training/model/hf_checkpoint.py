@@ -124,3 +124,44 @@ def setting_problems(section: str, want: dict, have: dict, source: str) -> list[
                 f"set model.{section}.{key}={shown}"
             )
     return out
+
+
+def load_component(
+    model,
+    prefix: str,
+    sd: dict,
+    *,
+    source: str,
+    what: str,
+    section: str,
+    unexpected_hint: str = "",
+    shape_of=None,
+) -> int:
+    """Check a component's full state dict `sd` (names without `prefix`) against the model: missing and
+    unexpected tensors and shapes, all in one UserError naming `source` and the config section to check;
+    then load this rank's TP slices. `shape_of(name, p)` gives a tensor's expected full shape (default:
+    the model's full shape). Returns the number of the component's tensors."""
+    from training.model.tp_shards import load_full_state_dict
+
+    params = {n[len(prefix) :]: p for n, p in model.named_parameters() if n.startswith(prefix)}
+    problems = []
+    missing = sorted(set(params) - set(sd))
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    unexpected = sorted(k.removeprefix("unmapped:") for k in set(sd) - set(params))
+    if unexpected:
+        problems.append(
+            f"tensors the {what} does not have: {', '.join(unexpected[:8])}"
+            f"{' ...' if len(unexpected) > 8 else ''}{unexpected_hint}"
+        )
+    for name, p in params.items():
+        want = shape_of(name, p) if shape_of else model.full_shape(p)
+        if name in sd and tuple(sd[name].shape) != tuple(want):
+            problems.append(
+                f"tensor {name} has shape {tuple(sd[name].shape)}, the {what} needs {tuple(want)} "
+                f"(check {section} sizes)"
+            )
+    if problems:
+        raise UserError([f"{source}: {p}" for p in problems])
+    load_full_state_dict(model, {prefix + k: v for k, v in sd.items()}, model.topology, strict=False)
+    return len(params)

@@ -283,7 +283,6 @@ def _word_rows(model, words: torch.Tensor, path: str, family: str | None) -> tup
 
 def load_text_weights(model, path: str) -> None:
     """Copy the checkpoint's encoder weights into `model.text_encoder` (this TP rank's shards)."""
-    from training.model.tp_shards import load_full_state_dict
 
     te = model.cfg.text_encoder
     hf_cfg = hf_checkpoint.read_config_json(path)
@@ -309,30 +308,21 @@ def load_text_weights(model, path: str) -> None:
             sd["positions"] = sd["positions"][:need]  # a shorter max_len than the checkpoint's
     else:
         sd = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
-    params = {n[len(PREFIX) :]: p for n, p in model.named_parameters() if n.startswith(PREFIX)}
-    problems = []
-    missing = sorted(set(params) - set(sd))
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    unexpected = sorted(k.removeprefix("unmapped:") for k in set(sd) - set(params))
-    if unexpected:
-        problems.append(
-            f"tensors the language encoder does not have: {', '.join(unexpected[:8])}"
-            f"{' ...' if len(unexpected) > 8 else ''} (check model.text_encoder: embedding_size, "
-            "embedding_norm, token_type)"
-        )
-    for name, p in params.items():
+
+    def shape_of(name, p):
         want = model.full_shape(p)
-        if name == "embedding.weight":
-            want = (model.cfg.vocab_size, *want[1:])  # full state dicts hold no vocab padding
-        if name in sd and tuple(sd[name].shape) != want:
-            problems.append(
-                f"tensor {name} has shape {tuple(sd[name].shape)}, the language encoder needs {want} "
-                "(check model.text_encoder sizes)"
-            )
-    if problems:
-        raise UserError([f"text weights {path}: {p}" for p in problems])
-    load_full_state_dict(model, {PREFIX + k: v for k, v in sd.items()}, model.topology, strict=False)
+        return (model.cfg.vocab_size, *want[1:]) if name == "embedding.weight" else want  # no vocab padding
+
+    n_tensors = hf_checkpoint.load_component(
+        model,
+        PREFIX,
+        sd,
+        source=f"text weights {path}",
+        what="language encoder",
+        section="model.text_encoder",
+        unexpected_hint=" (check model.text_encoder: embedding_size, embedding_norm, token_type)",
+        shape_of=shape_of,
+    )
     if kept and not model.text_encoder.embedding.weight.requires_grad:
         log.warning(
             "%d project tokens are not in the docked vocabulary of %s and keep a random embedding row, "
@@ -343,6 +333,6 @@ def load_text_weights(model, path: str) -> None:
     log.info(
         "docked the language encoder from %s (%d tensors; %d project tokens kept their init row)",
         path,
-        len(params),
+        n_tensors,
         kept,
     )

@@ -151,7 +151,6 @@ def from_hf_clip(sd: dict[str, torch.Tensor], num_heads: int) -> dict[str, torch
 
 def load_vision_weights(model, path: str) -> None:
     """Copy the file's ViT weights into `model.vision_encoder` (this TP rank's shards)."""
-    from training.model.tp_shards import load_full_state_dict
 
     hf = hf_checkpoint.read_config_json(path)
     if hf is not None:
@@ -171,24 +170,12 @@ def load_vision_weights(model, path: str) -> None:
         sd = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
     if "positions" in sd:  # another resolution than the weights': interpolate over the patch grid
         sd["positions"] = resize_positions(sd["positions"], model.vision_encoder.grid)
-    params = {n[len(PREFIX) :]: p for n, p in model.named_parameters() if n.startswith(PREFIX)}
-    problems = []
-    missing = sorted(set(params) - set(sd))
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    unexpected = sorted(k.removeprefix("unmapped:") for k in set(sd) - set(params))
-    if unexpected:
-        problems.append(
-            f"tensors the vision encoder does not have: {', '.join(unexpected[:8])}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    for name, p in params.items():
-        if name in sd and tuple(sd[name].shape) != model.full_shape(p):
-            problems.append(
-                f"tensor {name} has shape {tuple(sd[name].shape)}, the vision encoder needs "
-                f"{model.full_shape(p)} (check model.vision_encoder sizes)"
-            )
-    if problems:
-        raise UserError([f"vision weights {path}: {p}" for p in problems])
-    load_full_state_dict(model, {PREFIX + k: v for k, v in sd.items()}, model.topology, strict=False)
-    log.info("loaded %d vision encoder tensors from %s", len(params), path)
+    n_tensors = hf_checkpoint.load_component(
+        model,
+        PREFIX,
+        sd,
+        source=f"vision weights {path}",
+        what="vision encoder",
+        section="model.vision_encoder",
+    )
+    log.info("loaded %d vision encoder tensors from %s", n_tensors, path)
