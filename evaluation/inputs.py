@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Problems listed in one error; the rest are counted, so a wholly wrong file gives a short message.
 MAX_LISTED_PROBLEMS = 20
@@ -131,3 +134,38 @@ def check_results(
         first_index[key] = i
         out[key] = text
     return out
+
+
+def unpredicted(
+    annotated,
+    predictions,
+    problems: Problems,
+    *,
+    require_all: bool,
+    what: str,
+    annotations_name: str,
+    predictions_name: str,
+    fix: str,
+    listed: int = 5,
+) -> list:
+    """The annotated ids without a prediction. With `require_all` (and no other problem) they are a problem
+    naming the first `listed`; every problem found is raised here; otherwise they are scored without,
+    with a warning."""
+    missing = [i for i in annotated if i not in predictions]
+    if require_all and missing and not problems:
+        names = ", ".join(repr(i) for i in missing[:listed])
+        more = f" and {len(missing) - listed} more" if len(missing) > listed else ""
+        problems.add(
+            f"{len(missing)} annotated {what}(s) of {annotations_name} have no prediction in "
+            f"{predictions_name} (e.g. {names}{more}); {fix} or drop --require-all"
+        )
+    problems.raise_if_any()
+    if missing:
+        log.warning(
+            "%d of %d annotated %ss have no prediction; scoring the %d predicted ones",
+            len(missing),
+            len(annotated),
+            what,
+            len(predictions),
+        )
+    return missing

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.inputs import Problems, check_results, describe, id_type_hint, is_id, load_json
+from evaluation.inputs import Problems, check_results, describe, id_type_hint, is_id, load_json, unpredicted
 from evaluation.metrics.bleu import corpus_bleu
 from evaluation.metrics.caption_tokenize import tokenize_caption
 from evaluation.metrics.cider import cider_d
@@ -124,22 +124,17 @@ def check_coco_caption_inputs(
                 f"image_id {image_id!r} of {predictions_name} is not in {annotations_name}{hint}; "
                 "are the predictions for another split?"
             )
-    missing = [i for i in references if i not in predictions]
-    if require_all and missing and not problems:
-        listed = ", ".join(repr(i) for i in missing[:_LISTED_MISSING])
-        more = f" and {len(missing) - _LISTED_MISSING} more" if len(missing) > _LISTED_MISSING else ""
-        problems.add(
-            f"{len(missing)} annotated image(s) of {annotations_name} have no prediction in "
-            f"{predictions_name} (e.g. {listed}{more}); predict every image or drop --require-all"
-        )
-    problems.raise_if_any()
-    if missing:
-        log.warning(
-            "%d of %d annotated images have no prediction; scoring the %d predicted ones",
-            len(missing),
-            len(references),
-            len(predictions),
-        )
+    missing = unpredicted(
+        references,
+        predictions,
+        problems,
+        require_all=require_all,
+        what="image",
+        annotations_name=annotations_name,
+        predictions_name=predictions_name,
+        fix="predict every image",
+        listed=_LISTED_MISSING,
+    )
     return CaptionSet(predictions, {i: references[i] for i in predictions}, len(missing))
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.inputs import Problems, check_results, describe, id_type_hint, is_id, load_json
+from evaluation.inputs import Problems, check_results, describe, id_type_hint, is_id, load_json, unpredicted
 from evaluation.metrics.vqa_normalize import normalize_answer, strip_answer
 
 log = logging.getLogger(__name__)
@@ -214,22 +214,17 @@ def check_vqa_inputs(
                 f"question_id {question_id!r} has image_id {in_questions!r} in {questions_name} but "
                 f"{in_annotations!r} in {annotations_name}: the two files do not belong together"
             )
-    missing = [q for q in annotations if q not in predictions]
-    if require_all and missing and not problems:
-        listed = ", ".join(repr(q) for q in missing[:_LISTED_MISSING])
-        more = f" and {len(missing) - _LISTED_MISSING} more" if len(missing) > _LISTED_MISSING else ""
-        problems.add(
-            f"{len(missing)} annotated question(s) of {annotations_name} have no prediction in "
-            f"{predictions_name} (e.g. {listed}{more}); answer every question or drop --require-all"
-        )
-    problems.raise_if_any()
-    if missing:
-        log.warning(
-            "%d of %d annotated questions have no prediction; scoring the %d predicted ones",
-            len(missing),
-            len(annotations),
-            len(predictions),
-        )
+    missing = unpredicted(
+        annotations,
+        predictions,
+        problems,
+        require_all=require_all,
+        what="question",
+        annotations_name=annotations_name,
+        predictions_name=predictions_name,
+        fix="answer every question",
+        listed=_LISTED_MISSING,
+    )
     return VqaSet(predictions, {q: annotations[q] for q in predictions}, len(missing))
 
 
